@@ -1,0 +1,126 @@
+"""Train and evaluate a classifier on a dataset: the job behind `launch/train.py`.
+
+The loop is the flax-examples shape: build data, model and optimiser from the config,
+restore the latest checkpoint in `workdir` if any, then run jitted epochs (each a
+`lax.scan` over batches), writing metrics and a checkpoint after every epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from ddjax import checkpoint, data, models, train, workdir as workdir_lib
+
+
+class TrainingDiverged(FloatingPointError):
+  """The loss became NaN or infinite."""
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  """SGD (torch semantics) or Adam, with a constant, cosine or DC-midpoint schedule."""
+  lr = config.learning_rate
+  if config.schedule == "constant":
+    schedule = lr
+  elif config.schedule == "cosine":
+    schedule = optax.cosine_decay_schedule(lr, max(total_steps, 1))
+  elif config.schedule == "midpoint":
+    schedule = optax.piecewise_constant_schedule(lr, {total_steps // 2: 0.1})
+  else:
+    raise ValueError(f"Unknown schedule {config.schedule!r}; expected constant, cosine or midpoint.")
+  if config.optimizer == "sgd":
+    return train.sgd_momentum(schedule, config.momentum, config.weight_decay)
+  if config.optimizer == "adam":
+    tx = optax.adam(schedule)
+    return optax.chain(optax.add_decayed_weights(config.weight_decay), tx) if config.weight_decay else tx
+  raise ValueError(f"Unknown optimizer {config.optimizer!r}; expected sgd or adam.")
+
+
+def load_preprocessed(config: ml_collections.ConfigDict) -> tuple[data.ImageDataset, data.Preprocessor]:
+  """The config's dataset, optionally limited to n per class, in model space."""
+  ds = data.load_dataset(config.dataset, data_dir=config.get("data_dir"))
+  key = jax.random.PRNGKey(config.seed)
+  train_idx = test_idx = None
+  if config.get("train_per_class"):
+    train_idx = data.class_balanced_indices(jax.random.fold_in(key, 1), ds.y_train,
+                                            config.train_per_class, ds.num_classes)
+  if config.get("test_per_class"):
+    test_idx = data.class_balanced_indices(jax.random.fold_in(key, 2), ds.y_test,
+                                           config.test_per_class, ds.num_classes)
+  if train_idx is not None or test_idx is not None:
+    ds = data.subset(ds, train_idx, test_idx)
+  pre = data.fit_preprocessor(config.preprocess, ds.x_train, ds.name)
+  ds = dataclasses.replace(ds, x_train=np.asarray(pre.apply(ds.x_train)),
+                           x_test=np.asarray(pre.apply(ds.x_test)))
+  return ds, pre
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config.model` on `config.dataset`; resumes from `workdir` if possible."""
+  workdir_lib.prepare_workdir(workdir, config)
+  writer = workdir_lib.MetricWriter(workdir)
+  ds, _ = load_preprocessed(config)
+  logging.info("Dataset %s", ds)
+  x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+  x_test, y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+
+  model = models.get_model(config.model, ds.num_classes, **config.model_kwargs)
+  key = jax.random.PRNGKey(config.seed)
+  init_key, train_key = jax.random.split(key)
+  variables = models.init_variables(model, init_key, x_train.shape)
+  batch_size = min(config.batch_size, x_train.shape[0])
+  spe = train.steps_per_epoch(x_train.shape[0], batch_size)
+  tx = make_optimizer(config, config.num_epochs * spe)
+  state = train.create_train_state(variables, tx)
+  logging.info("Model %s: %d parameters", config.model, models.count_params(state.params))
+
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.get("keep_checkpoints", 3))
+  state, meta, step = ckpt.restore_or(state)
+  start_epoch = int(meta.get("epoch", 0))
+  if step is not None:
+    logging.info("Resumed from checkpoint at epoch %d in %s", start_epoch, ckpt.directory)
+    print(f"Resumed from checkpoint at epoch {start_epoch}", flush=True)
+
+  epoch_fn = jax.jit(functools.partial(train.train_epoch, model, tx, batch_size=batch_size),
+                     donate_argnums=(0,))
+  eval_fn = jax.jit(functools.partial(train.evaluate, model, batch_size=config.eval_batch_size))
+
+  test = None
+  with tqdm(total=config.num_epochs, initial=start_epoch, desc="train", unit="epoch",
+            disable=not config.get("progress", True)) as bar:
+    for epoch in range(start_epoch, config.num_epochs):
+      state, history = epoch_fn(state, x_train, y_train, jax.random.fold_in(train_key, epoch))
+      train_loss = float(jnp.mean(history["loss"]))
+      if not np.isfinite(train_loss):
+        raise TrainingDiverged(
+            f"Training loss became {train_loss} in epoch {epoch + 1}; the last good checkpoint "
+            f"(epoch {ckpt.latest_step()}) is kept in {ckpt.directory}. Lower the learning rate.")
+      metrics = {"epoch": epoch + 1, "train_loss": train_loss,
+                 "train_accuracy": float(jnp.mean(history["accuracy"]))}
+      last = epoch + 1 == config.num_epochs
+      if last or (epoch + 1) % config.eval_every_epochs == 0:
+        test = eval_fn(state.variables, x_test, y_test)
+        metrics.update(test_accuracy=float(test["accuracy"]), test_loss=float(test["loss"]))
+      writer.write(int(state.step), **metrics)
+      if last or (epoch + 1) % config.checkpoint_every_epochs == 0:
+        ckpt.save(epoch + 1, state, meta={"epoch": epoch + 1})
+      bar.set_postfix({k: round(v, 4) for k, v in metrics.items() if k != "epoch"})
+      bar.update(1)
+  if test is None:  # nothing left to train: evaluate the restored state
+    test = eval_fn(state.variables, x_test, y_test)
+  ckpt.close()
+  result = {"dataset": ds.name, "model": config.model, "epochs": config.num_epochs,
+            "steps": int(state.step), "test_accuracy": float(test["accuracy"]),
+            "test_loss": float(test["loss"])}
+  workdir_lib.write_json(os.path.join(workdir, "results.json"), result)
+  return result

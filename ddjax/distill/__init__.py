@@ -1,0 +1,18 @@
+"""Dataset distillation methods. Each is a module with `init_state` and `distill_step`
+(see `ddjax.distill.base`); `get_method(name)` imports it by name."""
+
+import importlib
+
+from ddjax.distill.base import (DistillState, DistillationDiverged, RealData, check_finite,
+                                make_real_data, sample_class_indices, sample_per_class)
+from ddjax.distill.synset import DistilledSet, DistilledSetError, load_distilled, save_distilled
+
+METHODS = {"bptt": "ddjax.distill.bptt", "dc": "ddjax.distill.gm", "dsa": "ddjax.distill.gm",
+           "dm": "ddjax.distill.dm", "mtt": "ddjax.distill.mtt", "kip": "ddjax.distill.kip"}
+
+
+def get_method(name: str):
+  """The module implementing method `name` (bptt, dc, dsa, dm, mtt, kip)."""
+  if name not in METHODS:
+    raise ValueError(f"Unknown distillation method {name!r}; expected one of {sorted(METHODS)}.")
+  return importlib.import_module(METHODS[name])

@@ -1,0 +1,118 @@
+"""The portable distilled-set file (.npz) that every analysis reads.
+
+Contents: class-sorted `images` [N, H, W, C] in the model (normalised or ZCA) space,
+`labels` ([N] int or [N, C] soft), the preprocessor that maps [0, 1] pixels to that
+space (so analyses can un-normalise for display and pixel statistics), and metadata
+(method, dataset, ipc, num_classes, learned lr, the full config as JSON).
+`load_distilled` validates all of it and raises `DistilledSetError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from ddjax.data.preprocess import Preprocessor
+
+
+class DistilledSetError(ValueError):
+  """A distilled-set file is missing, malformed, or does not fit the analysis."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DistilledSet:
+  images: np.ndarray
+  labels: np.ndarray
+  method: str
+  dataset: str
+  ipc: int
+  num_classes: int
+  preprocessor: Preprocessor
+  learned_lr: float | None = None
+  config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def hard_labels(self) -> np.ndarray:
+    return self.labels if self.labels.ndim == 1 else np.argmax(self.labels, -1).astype(np.int32)
+
+
+def save_distilled(path: str, dset: DistilledSet) -> str:
+  """Writes atomically (a temp file, then rename), so a crash never leaves half a file."""
+  _validate(dset, path)
+  meta = {"method": dset.method, "dataset": dset.dataset, "ipc": int(dset.ipc),
+          "num_classes": int(dset.num_classes), "learned_lr": dset.learned_lr,
+          "config": dset.config, "format_version": 1}
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, images=np.asarray(dset.images, np.float32), labels=np.asarray(dset.labels),
+           metadata=np.asarray(json.dumps(meta, default=str)), **dset.preprocessor.to_arrays())
+  os.replace(tmp, path)
+  return path
+
+
+def _validate(dset: DistilledSet, path: str) -> None:
+  images, labels = np.asarray(dset.images), np.asarray(dset.labels)
+  if images.ndim != 4:
+    raise DistilledSetError(f"{path}: images must be [N, H, W, C], got shape {images.shape}.")
+  n = images.shape[0]
+  if labels.shape[:1] != (n,) or labels.ndim not in (1, 2):
+    raise DistilledSetError(f"{path}: labels must be [N] or [N, C] with N={n}, got shape {labels.shape}.")
+  if not np.all(np.isfinite(images)):
+    raise DistilledSetError(f"{path}: images contain NaN or infinite values "
+                            f"({int(np.sum(~np.isfinite(images)))} entries).")
+  if labels.ndim == 2:
+    if labels.shape[1] != dset.num_classes:
+      raise DistilledSetError(f"{path}: soft labels have {labels.shape[1]} classes, metadata says {dset.num_classes}.")
+    if not np.all(np.isfinite(labels)):
+      raise DistilledSetError(f"{path}: labels contain NaN or infinite values.")
+  elif not np.issubdtype(labels.dtype, np.integer):
+    raise DistilledSetError(f"{path}: hard labels must be integers, got {labels.dtype}.")
+  hard = dset.hard_labels
+  if hard.size and (hard.min() < 0 or hard.max() >= dset.num_classes):
+    raise DistilledSetError(f"{path}: labels outside [0, {dset.num_classes}).")
+  counts = np.bincount(hard, minlength=dset.num_classes)
+  if dset.ipc and not np.all(counts == dset.ipc):
+    raise DistilledSetError(f"{path}: expected {dset.ipc} images per class for {dset.num_classes} "
+                            f"classes, found per-class counts {counts.tolist()}.")
+  if np.any(np.diff(hard) < 0):
+    raise DistilledSetError(f"{path}: images are not sorted by class.")
+  if dset.learned_lr is not None and not np.isfinite(dset.learned_lr):
+    raise DistilledSetError(f"{path}: learned lr is {dset.learned_lr}.")
+
+
+def load_distilled(path: str, num_classes: int | None = None,
+                   image_shape: tuple[int, ...] | None = None) -> DistilledSet:
+  """Loads and validates a distilled set; optionally checks it fits a dataset."""
+  if not os.path.exists(path):
+    raise DistilledSetError(f"Distilled-set file not found: {path}")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except Exception as e:
+    raise DistilledSetError(f"{path} is not a readable distilled-set .npz file: {e}") from e
+  missing = [k for k in ("images", "labels", "metadata", "preprocess_kind") if k not in arrays]
+  if missing:
+    raise DistilledSetError(f"{path} is missing {missing}; is it a ddjax distilled set?")
+  try:
+    meta = json.loads(str(arrays["metadata"]))
+  except json.JSONDecodeError as e:
+    raise DistilledSetError(f"{path}: metadata is not valid JSON: {e}") from e
+  try:
+    dset = DistilledSet(images=arrays["images"], labels=arrays["labels"], method=meta["method"],
+                        dataset=meta["dataset"], ipc=int(meta["ipc"]),
+                        num_classes=int(meta["num_classes"]),
+                        preprocessor=Preprocessor.from_arrays(arrays),
+                        learned_lr=meta.get("learned_lr"), config=meta.get("config", {}))
+  except KeyError as e:
+    raise DistilledSetError(f"{path}: metadata lacks {e}.") from e
+  _validate(dset, path)
+  if num_classes is not None and dset.num_classes != num_classes:
+    raise DistilledSetError(f"{path} has {dset.num_classes} classes; the dataset has {num_classes}.")
+  if image_shape is not None and tuple(dset.images.shape[1:]) != tuple(image_shape):
+    raise DistilledSetError(f"{path} holds images of shape {dset.images.shape[1:]}; "
+                            f"the dataset's are {tuple(image_shape)}.")
+  return dset

@@ -1,0 +1,204 @@
+"""Layers shared by every ddjax model: PyTorch-equivalent init and a switchable conv.
+
+Why a custom Conv: XLA on the CPU differentiates `lax.conv_general_dilated` twice
+very slowly (a meta-gradient through 2 unrolled SGD steps of ConvNet-32 took
+8.8 s, vs 0.77 s with im2col; see BUILD_NOTES.md). `Conv2D(impl="im2col")` writes
+the convolution as kh*kw shifted slices concatenated on the channel axis and one
+matmul, whose first and second derivatives are plain slices and matmuls. Both
+implementations share the same HWIO kernel, so parameters and checkpoints are
+interchangeable. `impl="auto"` picks im2col on the CPU and XLA (cuDNN) elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+PaddingLike = int | Sequence[tuple[int, int]]
+
+CONV_IMPLS = ("auto", "xla", "im2col")
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """Maps "auto" to the measured-fastest conv on the default backend."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"Unknown conv_impl {impl!r}; expected one of {CONV_IMPLS}.")
+  if impl == "auto":
+    return "im2col" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+# PyTorch's default Conv2d/Linear weight init, kaiming_uniform(a=sqrt(5)), is
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)): variance_scaling(1/3, fan_in, uniform).
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> Callable[..., Array]:
+  """PyTorch's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _normalize_padding(padding: PaddingLike) -> tuple[tuple[int, int], tuple[int, int]]:
+  if isinstance(padding, int):
+    return ((padding, padding), (padding, padding))
+  (top, bottom), (left, right) = padding
+  return ((int(top), int(bottom)), (int(left), int(right)))
+
+
+def conv2d_im2col(
+    x: Array, kernel: Array, strides: tuple[int, int], padding: PaddingLike
+) -> Array:
+  """NHWC x HWIO convolution as shifted slices plus one matmul."""
+  kh, kw, cin, cout = kernel.shape
+  (pt, pb), (pl, pr) = _normalize_padding(padding)
+  x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  n, h, w, _ = x.shape
+  sh, sw = strides
+  out_h = (h - kh) // sh + 1
+  out_w = (w - kw) // sw + 1
+  if kh == kw == 1:
+    patches = x[:, : (out_h - 1) * sh + 1 : sh, : (out_w - 1) * sw + 1 : sw, :]
+  else:
+    patches = jnp.concatenate(
+        [
+            x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
+            for i in range(kh)
+            for j in range(kw)
+        ],
+        axis=-1,
+    )
+  # Patch channel order is (i, j, c), which matches kernel.reshape(kh*kw*cin, cout).
+  return patches @ kernel.reshape(kh * kw * cin, cout)
+
+
+def conv2d_xla(
+    x: Array, kernel: Array, strides: tuple[int, int], padding: PaddingLike
+) -> Array:
+  return jax.lax.conv_general_dilated(
+      x,
+      kernel,
+      window_strides=strides,
+      padding=_normalize_padding(padding),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+
+
+class Conv2D(nn.Module):
+  """2-D convolution, NHWC, HWIO kernel, PyTorch-default init, switchable impl."""
+
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+  strides: tuple[int, int] = (1, 1)
+  padding: PaddingLike = 1
+  use_bias: bool = True
+  impl: str = "auto"
+  kernel_init: Callable[..., Array] | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cin = x.shape[-1]
+    kh, kw = self.kernel_size
+    fan_in = kh * kw * cin
+    kernel = self.param(
+        "kernel",
+        self.kernel_init or torch_kernel_init,
+        (kh, kw, cin, self.features),
+    )
+    kernel = kernel.astype(x.dtype)
+    impl = resolve_conv_impl(self.impl)
+    conv = conv2d_im2col if impl == "im2col" else conv2d_xla
+    y = conv(x, kernel, tuple(self.strides), self.padding)
+    if self.use_bias:
+      bias = self.param("bias", torch_bias_init(fan_in), (self.features,))
+      y = y + bias.astype(y.dtype)
+    return y
+
+
+class Dense(nn.Module):
+  """Fully connected layer with PyTorch's default nn.Linear init."""
+
+  features: int
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    fan_in = x.shape[-1]
+    kernel = self.param("kernel", torch_kernel_init, (fan_in, self.features))
+    y = x @ kernel.astype(x.dtype)
+    if self.use_bias:
+      y = y + self.param("bias", torch_bias_init(fan_in), (self.features,)).astype(y.dtype)
+    return y
+
+
+NORMS = ("instancenorm", "batchnorm", "layernorm", "none")
+
+
+class Norm(nn.Module):
+  """The DC ConvNet's norm options, with PyTorch's eps=1e-5.
+
+  `train` only matters for batch norm: batch statistics (and a running-average
+  update in the `batch_stats` collection) when True, running averages when False.
+  """
+
+  kind: str = "instancenorm"
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    if self.kind == "instancenorm":
+      # GroupNorm(C, C) in PyTorch: one group per channel, per-channel affine.
+      return nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5)(x)
+    if self.kind == "layernorm":
+      # DC's "layernorm" is GroupNorm(1, C): normalise over H, W and C together.
+      return nn.GroupNorm(num_groups=1, epsilon=1e-5)(x)
+    if self.kind == "batchnorm":
+      # PyTorch momentum 0.1 is flax momentum 0.9.
+      return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+    if self.kind == "none":
+      return x
+    raise ValueError(f"Unknown norm {self.kind!r}; expected one of {NORMS}.")
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": nn.relu,
+    "sigmoid": nn.sigmoid,
+    "leakyrelu": lambda x: nn.leaky_relu(x, 0.01),
+    "gelu": nn.gelu,
+    "tanh": jnp.tanh,
+}
+
+
+def get_activation(name: str) -> Callable[[Array], Array]:
+  try:
+    return ACTIVATIONS[name]
+  except KeyError:
+    raise ValueError(
+        f"Unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}."
+    ) from None
+
+
+def pool(x: Array, pooling: str) -> Array:
+  """2x2, stride-2 pooling written as a reshape (floor-crops odd sizes like PyTorch).
+
+  A reshape-and-reduce differentiates twice into plain reshapes, where
+  reduce_window's transpose goes through slower pad/select-and-scatter kernels.
+  """
+  if pooling in ("none", "", None):
+    return x
+  n, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2, :].reshape(n, h // 2, 2, w // 2, 2, c)
+  if pooling in ("avgpooling", "avg"):
+    return x.mean(axis=(2, 4))
+  if pooling in ("maxpooling", "max"):
+    return x.max(axis=(2, 4))
+  raise ValueError(f"Unknown pooling {pooling!r}; expected avgpooling, maxpooling or none.")
+

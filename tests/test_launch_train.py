@@ -1,0 +1,56 @@
+"""launch/train.py end to end on a tiny config: train, resume, clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def _run(*flags):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", "launch.train", "--config=configs/train.py:quick",
+                         "--config.progress=False", *flags], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+def test_train_resume_and_errors(tmp_path):
+  workdir = str(tmp_path / "run")
+  first = _run(f"--workdir={workdir}")
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "test_accuracy=" in first.stdout
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  assert results["epochs"] == 2 and 0.0 <= results["test_accuracy"] <= 1.0
+  assert json.load(open(os.path.join(workdir, "config.json")))["dataset"] == "mnist5k"
+  assert [m["epoch"] for m in _metrics(workdir)] == [1, 2]
+
+  # Same workdir, more epochs: resumes at epoch 2 instead of starting over.
+  second = _run(f"--workdir={workdir}", "--config.num_epochs=3")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "Resumed from checkpoint at epoch 2" in second.stdout
+  records = _metrics(workdir)
+  assert [m["epoch"] for m in records] == [1, 2, 3]
+  assert records[-1]["step"] > records[1]["step"]
+
+  # A different model in the same workdir: a clear refusal, and nothing overwritten.
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  clash = _run(f"--workdir={workdir}", "--config.model_kwargs.width=16")
+  assert clash.returncode != 0
+  assert "CheckpointError" in clash.stderr and "incompatible" in clash.stderr
+  assert "Traceback" not in clash.stderr
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+  # Unknown dataset: a one-line error, not a stack trace.
+  bad = _run(f"--workdir={tmp_path / 'bad'}", "--config.dataset=not_a_dataset")
+  assert bad.returncode != 0
+  assert "error: DatasetError: Unknown dataset 'not_a_dataset'" in bad.stderr
+  assert "Traceback" not in bad.stderr

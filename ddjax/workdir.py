@@ -11,11 +11,25 @@ import numpy as np
 
 
 def prepare_workdir(workdir: str, config: Any) -> str:
-  """Creates `workdir` and writes the resolved config there (config.json)."""
+  """Creates `workdir` and writes the resolved config there (config.json).
+
+  A different config.json already there (a re-run with changed flags) is kept as
+  config.<n>.json rather than overwritten, so nothing already saved is lost.
+  """
   os.makedirs(workdir, exist_ok=True)
-  text = config.to_json_best_effort(indent=2) if hasattr(config, "to_json_best_effort") else json.dumps(config, indent=2, default=str)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(text + "\n")
+  text = (config.to_json_best_effort(indent=2) if hasattr(config, "to_json_best_effort")
+          else json.dumps(config, indent=2, default=str)) + "\n"
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read() == text:
+        return workdir
+    n = 1
+    while os.path.exists(os.path.join(workdir, f"config.{n}.json")):
+      n += 1
+    os.replace(path, os.path.join(workdir, f"config.{n}.json"))
+  with open(path, "w") as f:
+    f.write(text)
   return workdir
 
 

@@ -18,8 +18,9 @@ def setup() -> None:
 def run_reporting_errors(fn, *args, **kwargs):
   """Runs fn; a user-facing error (bad data, config, checkpoint) exits with its message
   instead of a stack trace."""
-  from ddjax import checkpoint, classifier, data  # pylint: disable=g-import-not-at-top
-  user_errors = (data.DatasetError, checkpoint.CheckpointError, classifier.TrainingDiverged)
+  from ddjax import checkpoint, classifier, data, distill  # pylint: disable=g-import-not-at-top
+  user_errors = (data.DatasetError, checkpoint.CheckpointError, classifier.TrainingDiverged,
+                 distill.DistillationDiverged, distill.DistilledSetError)
   try:
     return fn(*args, **kwargs)
   except user_errors as e:

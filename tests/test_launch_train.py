@@ -48,6 +48,8 @@ def test_train_resume_and_errors(tmp_path):
   assert "CheckpointError" in clash.stderr and "incompatible" in clash.stderr
   assert "Traceback" not in clash.stderr
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  # The earlier config is kept beside the new one, not overwritten.
+  assert json.load(open(os.path.join(workdir, "config.1.json")))["model_kwargs"]["width"] == 8
 
   # Unknown dataset: a one-line error, not a stack trace.
   bad = _run(f"--workdir={tmp_path / 'bad'}", "--config.dataset=not_a_dataset")

@@ -21,6 +21,7 @@ def base_config(method: str, dataset: str = "mnist5k", ipc: int = 10) -> ml_coll
   config.seed = 0
   config.dataset = dataset
   config.data_dir = config_dict.placeholder(str)
+  config.train_per_class = 0               # 0 = the whole train split; n = n real images per class
   config.preprocess = "standardize"        # standardize | zca_kornia | zca_reg
   config.ipc = ipc
   config.init = "real"                     # real | noise

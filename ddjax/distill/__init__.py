@@ -8,11 +8,13 @@ from ddjax.distill.base import (DistillState, DistillationDiverged, RealData, ch
 from ddjax.distill.synset import DistilledSet, DistilledSetError, load_distilled, save_distilled
 
 METHODS = {"bptt": "ddjax.distill.bptt", "dc": "ddjax.distill.gm", "dsa": "ddjax.distill.gm",
-           "dm": "ddjax.distill.dm", "mtt": "ddjax.distill.mtt", "kip": "ddjax.distill.kip"}
+           "dm": "ddjax.distill.dm", "mtt": "ddjax.distill.mtt", "kip": "ddjax.distill.kip",
+           "random": "ddjax.distill.random_real"}
 
 
 def get_method(name: str):
-  """The module implementing method `name` (bptt, dc, dsa, dm, mtt, kip)."""
+  """The module implementing method `name` (bptt, dc, dsa, dm, mtt, kip; random = the
+  random-real baseline)."""
   if name not in METHODS:
     raise ValueError(f"Unknown distillation method {name!r}; expected one of {sorted(METHODS)}.")
   return importlib.import_module(METHODS[name])

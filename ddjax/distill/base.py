@@ -11,6 +11,10 @@ A method is a module in `ddjax.distill` exposing:
 functools.partial, so it must be a pure function of (state, key, real, aux).
 Method-specific state (DC's network and its optimiser state, a learned lr's
 optimiser state, ...) lives in `state.extra`, which is checkpointed.
+
+Optional module attribute: `LEARNS_LR = True` when `state.lr` is learned (MTT). The
+driver (`ddjax.distill.driver`) then evaluates the DC protocol with that lr and records
+it as `learned_lr` in the distilled-set file; otherwise `state.lr` is informational.
 """
 
 from __future__ import annotations

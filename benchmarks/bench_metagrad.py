@@ -1,0 +1,156 @@
+r"""One MTT / BPTT meta-gradient iteration: ddjax (JAX) vs PyTorch on the CPU, side by side.
+
+    .venv/bin/python -m benchmarks.bench_metagrad                      # width 128, both methods
+    .venv/bin/python -m benchmarks.bench_metagrad --width=32 --methods=mtt
+
+The sizes are the mnist5k IPC-10 configs' (configs/distill/{mtt,bptt}.py): 100 synthetic
+28x28x1 images; MTT 12 student steps on batches of 20 with a learned lr; BPTT 20
+momentum-SGD steps on the whole set from a fresh init, outer loss on 320 real images,
+Adam. The network is the DC ConvNet (instance norm) at --width (128 by default, as
+issue 3 asks; the mnist5k configs themselves use 32), float32.
+
+JAX side: the real `distill_step` of ddjax.distill.{mtt,bptt}, jitted with the state
+donated, exactly as the driver runs it; variants: `remat` (the default: jax.checkpoint per
+inner step), `noremat`, `dots` (remat that keeps matmul outputs). PyTorch side
+(benchmarks/torch_metagrad.py in .bench-venv, torch.set_num_threads(2)): a flat-parameter
+unroll with create_graph=True in the MTT reference style. Each case runs in its own
+process: one warm-up iteration (compilation for JAX), then the median of --repeats.
+Cases alternate JAX / torch so that load from other processes hits both alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+_METHODS = flags.DEFINE_list("methods", ["mtt", "bptt"], "mtt and/or bptt.")
+_WIDTH = flags.DEFINE_integer("width", 128, "ConvNet width.")
+_VARIANTS = flags.DEFINE_list("variants", ["remat", "noremat"], "JAX variants: remat, noremat, dots.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed iterations (median reported).")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "Alternating JAX/torch rounds (median over rounds).")
+_TIMEOUT = flags.DEFINE_integer("timeout", 1200, "Seconds per case.")
+_TORCH_PYTHON = flags.DEFINE_string("torch_python", ".bench-venv/bin/python", "Python with torch.")
+_CASE = flags.DEFINE_string("case", None, "Internal: 'method:variant', run in this process.")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sizes(method: str) -> dict:
+  """The mnist5k IPC-10 config's sizes for `method`."""
+  if method == "mtt":
+    from configs.distill import mtt as cfg  # pylint: disable=g-import-not-at-top
+    hp = cfg.get_config("dataset=mnist5k,ipc=10").mtt
+    return {"steps": hp.syn_steps, "batch": hp.batch_syn or 100, "real": 0}
+  from configs.distill import bptt as cfg  # pylint: disable=g-import-not-at-top
+  hp = cfg.get_config("dataset=mnist5k,ipc=10").bptt
+  return {"steps": hp.inner_steps, "batch": 10 * hp.batch_per_class if hp.batch_per_class else 100,
+          "real": 10 * hp.real_per_class}
+
+
+def _jax_case(method: str, variant: str, width: int, repeats: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+  from jax.flatten_util import ravel_pytree
+  from ddjax import models
+  from ddjax.distill import base, get_method
+  from configs.distill import bptt as bptt_cfg, mtt as mtt_cfg
+
+  config = (mtt_cfg if method == "mtt" else bptt_cfg).get_config("dataset=mnist5k,ipc=10")
+  config.model_kwargs.width = width
+  hp = config[method]
+  hp.remat = variant != "noremat"
+  hp.remat_policy = "dots" if variant == "dots" else "nothing"
+  key = jax.random.PRNGKey(0)
+  per_class = max(hp.get("real_per_class", 0), config.ipc)
+  y = jnp.repeat(jnp.arange(10), per_class)
+  real = base.make_real_data(jax.random.normal(key, (len(y), 28, 28, 1)), y, 10)
+  module = get_method(method)
+  aux = None
+  if method == "mtt":
+    model = models.get_model(config.model, 10, **config.model_kwargs)
+    flat = ravel_pytree(models.init_variables(model, key, (1, 28, 28, 1))["params"])[0]
+    snaps = hp.max_start_epoch + hp.expert_epochs
+    aux = module.ExpertTrajectories(
+        params=flat + 0.01 * jnp.arange(snaps)[None, :, None] * jnp.ones((2, 1, flat.size)))
+  state = module.init_state(config, key, real, aux)
+  step = jax.jit(functools.partial(module.distill_step, config), donate_argnums=(0,))
+  t0 = time.perf_counter()
+  state, _ = step(state, jax.random.PRNGKey(1), real, aux)
+  jax.block_until_ready(state.images)
+  first = time.perf_counter() - t0
+  times = []
+  for i in range(repeats):
+    t0 = time.perf_counter()
+    state, _ = step(state, jax.random.PRNGKey(i + 2), real, aux)
+    jax.block_until_ready(state.images)
+    times.append(time.perf_counter() - t0)
+  return {"median_s": statistics.median(times), "times_s": times, "first_s": first}
+
+
+def _run(cmd: list[str]) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  try:
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=_TIMEOUT.value)
+  except subprocess.TimeoutExpired:
+    return {"error": f"did not finish in {_TIMEOUT.value} s"}
+  if proc.returncode != 0:
+    return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _torch_cmd(method: str) -> list[str] | None:
+  python = os.path.join(ROOT, _TORCH_PYTHON.value)
+  if not os.path.exists(python):
+    return None
+  s = sizes(method)
+  return [python, os.path.join(ROOT, "benchmarks", "torch_metagrad.py"), f"--method={method}",
+          f"--width={_WIDTH.value}", f"--steps={s['steps']}", f"--batch={s['batch']}",
+          f"--real={s['real']}", f"--repeats={_REPEATS.value}", "--threads=2"]
+
+
+def main(argv):
+  del argv
+  if _CASE.value:
+    method, variant = _CASE.value.split(":")
+    print(json.dumps(_jax_case(method, variant, _WIDTH.value, _REPEATS.value)))
+    return
+  print(f"One meta-gradient iteration, ConvNet width {_WIDTH.value}, 100 synthetic 28x28x1 "
+        f"images, CPU (2 torch threads); median of {_REPEATS.value} after a warm-up, "
+        f"median over {_ROUNDS.value} alternating round(s).")
+  print(f"{'method':>6} {'steps':>5} {'batch':>5} {'impl':>12} {'seconds':>9} {'vs torch':>9}")
+  for method in _METHODS.value:
+    s = sizes(method)
+    results: dict[str, list[float]] = {}
+    errors: dict[str, str] = {}
+    for _ in range(_ROUNDS.value):
+      cases = [(f"jax-{v}", [sys.executable, "-m", "benchmarks.bench_metagrad",
+                             f"--case={method}:{v}", f"--width={_WIDTH.value}",
+                             f"--repeats={_REPEATS.value}"]) for v in _VARIANTS.value]
+      torch_cmd = _torch_cmd(method)
+      cases.append(("torch", torch_cmd))
+      for name, cmd in cases:
+        r = _run(cmd) if cmd else {"error": f"no {_TORCH_PYTHON.value} (make bench-setup)"}
+        if "error" in r:
+          errors[name] = r["error"]
+        else:
+          results.setdefault(name, []).append(r["median_s"])
+    torch_s = statistics.median(results["torch"]) if "torch" in results else None
+    for name in [f"jax-{v}" for v in _VARIANTS.value] + ["torch"]:
+      if name in errors and name not in results:
+        print(f"{method:>6} {s['steps']:>5} {s['batch']:>5} {name:>12} error: {errors[name]}")
+        continue
+      t = statistics.median(results[name])
+      ratio = f"{t / torch_s:.2f}" if torch_s else "-"
+      print(f"{method:>6} {s['steps']:>5} {s['batch']:>5} {name:>12} {t:>9.3f} {ratio:>9}")
+
+
+if __name__ == "__main__":
+  app.run(main)

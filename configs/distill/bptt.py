@@ -1,0 +1,111 @@
+r"""BPTT: back-propagation through unrolled training (Remember-the-Past, RaT-BPTT).
+
+    python -m launch.distill --config=configs/distill/bptt.py:dataset=mnist5k,ipc=10 \
+        --workdir=/tmp/ddjax/bptt_mnist5k_ipc10
+
+Arguments (`--config=configs/distill/bptt.py:dataset=cifar10,ipc=10`): dataset (mnist5k,
+mnist, cifar10, cifar100; other names get the CIFAR-10 settings), ipc (1, 10, 50),
+quick (a tiny run for tests). Override anything, e.g. `--config.bptt.window=0`.
+
+References (anchors_methods.md §2.1-2.2):
+* RTP (`RememberThePast-DatasetDistillation`, the only documented command, CIFAR-10
+  IPC 1): a fresh ConvNet per iteration, 150 inner steps of SGD(0.01, momentum 0.9)
+  differentiated through the momentum buffer, minibatches of 10 per class (capped at
+  ipc), outer loss on 64 real images per class, images by SGD(0.1, momentum 0.5) with
+  clip_grad_norm 2, noise init, regularised ZCA. Evaluation: 300 epochs SGD(0.01, 0.9).
+* RaT-BPTT (`Simple_Dataset_Distillation` README): CIFAR-10 IPC 10: window 60 of 200
+  steps (random window start), batch_per_class 10, real batch 5000, Adam 1e-3 outer
+  (and inner), ZCA. CIFAR-100 IPC 10: batch_per_class 1, window 100 of 300, learned
+  labels. CIFAR-100 IPC 1: window 90 of 130.
+
+Choices made here (not published):
+* The inner optimiser is always RTP's SGD(0.01, momentum 0.9), also on the RaT-BPTT rows
+  (RaT-BPTT's inner Adam was flagged by its reviewers as an uncontrolled change); their
+  outer Adam, windows, batch sizes and label learning are kept.
+* CIFAR-10 IPC 50 and CIFAR-100 IPC 50 reuse the IPC 10 rows; MNIST (no command in
+  either repository) uses the CIFAR-10 rows on mean/std-normalised digits.
+* RaT-BPTT's EMA-relative clipping is replaced by RTP's fixed global-norm clip 2.
+* mnist5k (CPU-sized, the embedded default): ConvNet width 32 for distillation and
+  evaluation (as the DC/DM mnist5k configs), real init, inner_steps 20 on minibatches of
+  2 per class, real_per_class 32, Adam(0.01), 80 iterations, protocol A only. Expected on 2
+  CPU cores: ~2-4 min of distillation; protocol-A accuracy above the random-real
+  baseline (BUILD_NOTES.md has the measured numbers and command).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+from configs.distill import common as distill_common
+from configs.distill import dc
+
+# (dataset, ipc) -> overrides of the defaults below; see the module docstring.
+_RTP = dict(inner_steps=150, window=0, batch_per_class=10, real_per_class=64, optimizer="sgd",
+            lr_img=0.1, init="noise", preprocess="zca_reg", learn_labels=False)
+_RAT_C10 = dict(inner_steps=200, window=60, batch_per_class=10, real_per_class=500,
+                optimizer="adam", lr_img=1e-3, init="real", preprocess="zca_reg",
+                learn_labels=False)
+_RAT_C100 = dict(inner_steps=300, window=100, batch_per_class=1, real_per_class=50,
+                 optimizer="adam", lr_img=1e-3, init="real", preprocess="zca_reg",
+                 learn_labels=True)
+PRESETS = {
+    ("cifar10", 1): _RTP,
+    ("cifar10", 10): _RAT_C10,
+    ("cifar10", 50): _RAT_C10,
+    ("cifar100", 1): dict(_RAT_C100, inner_steps=130, window=90, lr_img=3e-4),
+    ("cifar100", 10): _RAT_C100,
+    ("cifar100", 50): _RAT_C100,
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, dataset="mnist5k", ipc=10, quick=False)
+  config = distill_common.base_config("bptt", arg.dataset, arg.ipc)
+  config.num_iterations = 5000
+  config.eval.every = 200                       # RTP evaluates every 200 iterations
+  config.eval.dc_epochs = 300
+  config.eval.model_kwargs = ml_collections.ConfigDict(dict(config.model_kwargs))
+
+  hp = ml_collections.ConfigDict()
+  hp.inner_steps = 150                          # T
+  hp.inner_lr = 0.01
+  hp.inner_momentum = 0.9
+  hp.batch_per_class = 10                       # 0 or >= ipc: the whole synthetic set per step
+  hp.window = 0                                 # RaT-BPTT window W; 0 = differentiate all T steps
+  hp.real_per_class = 64
+  hp.optimizer = "sgd"                          # sgd (RTP) | adam (RaT-BPTT)
+  hp.lr_img = 0.1
+  hp.momentum_img = 0.5                         # sgd only
+  hp.lr_label = 1e-3                            # with config.learn_labels
+  hp.clip_norm = 2.0                            # global norm; 0 disables
+  hp.remat = True                               # jax.checkpoint per inner step
+  hp.remat_policy = "nothing"                   # nothing | dots | everything
+  config.bptt = hp
+
+  dataset = arg.dataset if arg.dataset in ("cifar10", "cifar100") else "cifar10"
+  preset = dict(PRESETS.get((dataset, arg.ipc), PRESETS[(dataset, 10)]))
+  config.init = preset.pop("init")
+  config.preprocess = preset.pop("preprocess")
+  config.learn_labels = preset.pop("learn_labels")
+  hp.update(preset)
+  if arg.dataset in ("mnist", "mnist5k", "fashion_mnist"):
+    config.preprocess = "standardize"           # digits: no ZCA (as RaT-BPTT and the DC family)
+
+  if arg.dataset == "mnist5k":
+    config.init = "real"
+    config.learn_labels = False
+    config.model_kwargs.width = 32
+    config.eval.model_kwargs.width = 32
+    hp.update(inner_steps=20, window=0, batch_per_class=2, real_per_class=32, optimizer="adam",
+              lr_img=0.01, lr_label=0.01)
+    config.num_iterations = 80
+    config.log_every = 10
+    config.checkpoint_every = 40
+    config.eval.every = 0
+    config.eval.dc_protocol = False
+  if arg.quick:
+    dc.quick(config)
+    hp.update(inner_steps=4, window=2, batch_per_class=1, real_per_class=4)
+    config.eval.dc_protocol = True
+  return config

@@ -1,0 +1,37 @@
+r"""Trains MTT expert trajectories into a buffer directory (resumable).
+
+    python -m launch.train_experts --config=configs/experts.py:dataset=mnist5k \
+        --workdir=workdirs/experts/mnist5k_standardize
+
+Without --workdir the buffer goes to workdirs/experts/<dataset>_<preprocess>, where
+configs/distill/mtt.py looks by default. Re-running with the same directory skips the
+finished experts and resumes an interrupted group from its last finished epoch; raising
+--config.num_experts adds experts to an existing buffer.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from launch import common
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Expert config.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The buffer directory (default: "
+                               "workdirs/experts/<dataset>_<preprocess>).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  del argv
+  common.setup()
+  from ddjax import experts  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or experts.default_buffer_dir(config.dataset, config.preprocess)
+  result = common.run_reporting_errors(experts.train_experts, config, workdir)
+  logging.info("Result: %s", result)
+  print(f"{result['num_experts']} experts x {result['num_epochs']} epochs in "
+        f"{result['buffer_dir']}; final test accuracy mean "
+        f"{result['mean_final_test_accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+  app.run(main)

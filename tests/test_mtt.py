@@ -31,9 +31,9 @@ def _problem(dtype=jnp.float32, steps=3, batch=4):
   return images, labels, start, unravel, target, batches
 
 
-def _loss(images, lr, labels, start, unravel, target, batches, remat=True):
+def _loss(images, lr, labels, start, unravel, target, batches, remat=True, dsa_strategy="none"):
   return mtt.matching_loss(MODEL, unravel, images, labels, lr, start, target, batches, KEY,
-                           remat=remat)
+                           remat=remat, dsa_strategy=dsa_strategy)
 
 
 def test_loss_is_zero_when_the_student_reaches_the_expert():
@@ -76,11 +76,14 @@ def test_meta_gradient_matches_finite_differences():
     np.testing.assert_allclose(g_lr, numeric_lr, rtol=1e-6)
 
 
-def test_remat_equals_plain_unrolling():
+@pytest.mark.parametrize("dsa_strategy", ["none", "scale_rotate"])
+def test_remat_equals_plain_unrolling(dsa_strategy):
+  """Also with per-sample DSA: the recomputed steps redraw the same augmentation."""
   images, labels, start, unravel, target, batches = _problem(steps=4)
 
   def grads(remat):
-    f = lambda x, lr: _loss(x, lr, labels, start, unravel, target, batches, remat=remat)
+    f = lambda x, lr: _loss(x, lr, labels, start, unravel, target, batches, remat=remat,
+                            dsa_strategy=dsa_strategy)
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(images, jnp.float32(0.05))
 
   loss_r, g_r = grads(True)

@@ -84,7 +84,7 @@ def test_missing_npz_and_unknown_dataset():
 
 
 def test_tfds_mock_cifar10():
-  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tfds.testing.mock_data(num_examples=12):
     ds = data.load_dataset("cifar10")
   chex.assert_shape(ds.x_train, (12, 32, 32, 3))
@@ -95,7 +95,7 @@ def test_tfds_mock_cifar10():
 
 
 def test_tfds_unprepared_offline_says_how_to_prepare(tmp_path, monkeypatch):
-  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with pytest.raises(data.DatasetError, match="(?s)not prepared.*download_and_prepare"):
     data.load_tfds("mnist", data_dir=str(tmp_path), download=False)
 

@@ -54,10 +54,10 @@ def build(width: int, channels: int, num_classes: int, size: int):
 
 
 def mtt_iteration(args):
-  flat0, forward = build(args.width, 1, 10, 28)
+  flat0, forward = build(args.width, args.channels, args.num_classes, args.image_size)
   n = args.num_images
-  images = torch.randn(n, 1, 28, 28, requires_grad=True)
-  labels = torch.arange(n) % 10
+  images = torch.randn(n, args.channels, args.image_size, args.image_size, requires_grad=True)
+  labels = torch.arange(n) % args.num_classes
   syn_lr = torch.tensor(0.01, requires_grad=True)
   start, target = flat0, flat0 + 0.01 * torch.randn_like(flat0)
   opt_img = torch.optim.SGD([images], lr=100.0, momentum=0.5)
@@ -84,16 +84,17 @@ def mtt_iteration(args):
 
 
 def bptt_iteration(args):
-  _, forward = build(args.width, 1, 10, 28)
+  shape = (args.channels, args.image_size, args.image_size)
+  _, forward = build(args.width, *shape[:1], args.num_classes, args.image_size)
   n = args.num_images
-  images = torch.randn(n, 1, 28, 28, requires_grad=True)
-  labels = torch.arange(n) % 10
-  x_real = torch.randn(args.real, 1, 28, 28)
-  y_real = torch.arange(args.real) % 10
+  images = torch.randn(n, *shape, requires_grad=True)
+  labels = torch.arange(n) % args.num_classes
+  x_real = torch.randn(args.real, *shape)
+  y_real = torch.arange(args.real) % args.num_classes
   opt = torch.optim.Adam([images], lr=0.01)
 
   def iteration():
-    flat0, _ = build(args.width, 1, 10, 28)   # a fresh network every iteration
+    flat0, _ = build(args.width, *shape[:1], args.num_classes, args.image_size)  # fresh network
     p = flat0.requires_grad_(True)
     v = torch.zeros_like(p)
     for _ in range(args.steps):
@@ -121,6 +122,9 @@ def main():
   parser.add_argument("--real", type=int, default=320)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--threads", type=int, default=2)
+  parser.add_argument("--channels", type=int, default=1)
+  parser.add_argument("--image_size", type=int, default=28)
+  parser.add_argument("--num_classes", type=int, default=10)
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
   iteration = (mtt_iteration if args.method == "mtt" else bptt_iteration)(args)

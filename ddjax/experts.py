@@ -22,6 +22,9 @@ Buffer directory layout:
 
 `config.experts_per_batch` experts train together under `jax.vmap`. A killed run
 resumes from the last finished epoch of its group; finished experts are never retrained.
+With several local devices, a group whose size is a multiple of the device count is
+split over them (`place_group`; each expert's arithmetic is unchanged), so choose
+experts_per_batch as a multiple of the device count to use every device.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
-from ddjax import augment, checkpoint, classifier, data, models, train
+from ddjax import augment, checkpoint, classifier, data, models, parallel, train
 
 BUFFER_FILE = "buffer.json"
 IN_PROGRESS = "in_progress"
@@ -138,6 +141,19 @@ def init_states(model, tx, init_keys: jax.Array, image_shape) -> train.TrainStat
   return jax.vmap(one)(init_keys)
 
 
+def place_group(states: train.TrainState, train_keys: jax.Array, mesh="auto"
+                ) -> tuple[train.TrainState, jax.Array]:
+  """Splits a vmapped group (states and keys, leading axis G) over the mesh's devices.
+
+  "auto": every local device. Unchanged when there is one device or G is not a
+  multiple of the device count (the group then runs on one device, as before).
+  """
+  mesh = parallel.resolve_mesh(mesh)
+  if mesh is None or train_keys.shape[0] % mesh.devices.size:
+    return states, train_keys
+  return parallel.shard_members(states, mesh), parallel.shard_members(train_keys, mesh)
+
+
 @functools.lru_cache(maxsize=16)
 def make_epoch_fn(model, tx, *, batch_size: int, augment_fn=None):
   """(Cached per model, optimiser and settings, so repeated groups reuse the compile.) A jitted (states, x, y, train_keys, epoch) -> (states, mean train loss [G]) for a
@@ -170,6 +186,7 @@ def train_group(model, tx, x, y, x_test, y_test, init_keys, train_keys, num_epoc
   uninterrupted version is what the tests compare against a per-expert loop.
   """
   states = init_states(model, tx, init_keys, x.shape[1:])
+  states, train_keys = place_group(states, train_keys)
   epoch_fn = make_epoch_fn(model, tx, batch_size=batch_size, augment_fn=augment_fn)
   snapshot_fn = make_snapshot_fn(model)
   flats, accs = [], []
@@ -302,6 +319,7 @@ def _train_one_group(buffer_dir, indices, spec, model, tx, x, y, epoch_fn, snaps
     with checkpoint.Checkpointer(ckpt_dir, max_to_keep=1) as ckpt:
       states, meta, step = ckpt.restore_or(states)
     start = int(meta.get("epoch", 0)) if step is not None else 0
+  states, train_keys = place_group(states, train_keys)  # after a restore, which is unsharded
   if start:
     logging.info("Experts %s: resuming after epoch %d", indices, start)
     snaps = run.load_snapshots(start)

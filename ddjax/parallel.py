@@ -8,14 +8,34 @@ axis to a multiple of the device count and trimming the result. Each member's
 arithmetic is the same as on one device, so results match a single-device run up to
 float tolerance (tested on 8 forced CPU devices).
 
+Where it is used (each path gives the single-device result up to float rounding):
+
+* `sharded_vmap` / `sharded_sum`: any pool (subset-trained or early-stopped models, seeds).
+* expert trajectories (`ddjax.experts`): a vmapped group's states and keys are split over
+  the devices when the group size is a multiple of the device count;
+* leave-one-out retrains (`influence.loo_retrain`): the weight masks, padded;
+* Hutchinson probes (`curvature.hutchinson_trace(..., mesh=)`): each probe block;
+* full-dataset HVPs (`curvature.hessian_operator(..., mesh=)`): the data batches, summed
+  by `sharded_scan_sum` (one partial sum per device, one all-reduce at the end);
+* data-parallel DM / DC steps: the real batch of every class (`shard_axis`).
+
+"auto" (the default of the library hooks) means every local device when this process
+has more than one and runs alone; with one device nothing changes (the hooks return
+their inputs untouched). `auto_sharding(False)` turns it off, e.g. to compute a
+single-device reference. The setting is read when a function is traced.
+
 Multi-host (TPU pods, multi-node GPU): call `initialize_multihost()` first in every
-process; the mesh then spans `jax.devices()` and inputs must be identical on every host.
+process (the binaries' `--multihost` flag); the mesh then spans `jax.devices()` and
+inputs must be identical on every host. "auto" stays off in multi-process runs: pass a
+mesh explicitly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any, Callable
+import os
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +48,16 @@ MEMBER_AXIS = "members"
 
 def initialize_multihost(coordinator_address: str | None = None, num_processes: int | None = None,
                          process_id: int | None = None) -> None:
-  """`jax.distributed.initialize` (arguments auto-detected on TPU pods / SLURM)."""
+  """`jax.distributed.initialize`: call once per process, before any JAX computation.
+
+  Arguments left None are auto-detected on TPU pods, SLURM, Open MPI and Kubernetes,
+  or read from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (a
+  hand-started run: the same address on every host, e.g. "host0:1234").
+  """
+  if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
+    num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+  if process_id is None and os.environ.get("JAX_PROCESS_ID"):
+    process_id = int(os.environ["JAX_PROCESS_ID"])
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
 
@@ -45,6 +74,114 @@ def _pad_leading(x: jax.Array, multiple: int) -> jax.Array:
     return x
   # Repeat the last member: valid inputs (a zero pad could be an invalid state).
   return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
+
+
+def round_up(n: int, multiple: int) -> int:
+  """The smallest multiple of `multiple` that is >= n."""
+  return -(-int(n) // int(multiple)) * int(multiple)
+
+
+def pad_members(tree: PyTree, multiple: int) -> PyTree:
+  """Pads every leaf's leading axis to a multiple of `multiple` by repeating its last entry."""
+  return jax.tree_util.tree_map(lambda x: _pad_leading(jnp.asarray(x), multiple), tree)
+
+
+# ----------------------------------------------------------------------------- "auto" meshes
+
+_AUTO_ENABLED = [True]
+
+
+@contextlib.contextmanager
+def auto_sharding(enabled: bool) -> Iterator[None]:
+  """Turns the library hooks' "auto" sharding on or off inside the block (read at trace time)."""
+  previous = _AUTO_ENABLED[0]
+  _AUTO_ENABLED[0] = bool(enabled)
+  try:
+    yield
+  finally:
+    _AUTO_ENABLED[0] = previous
+
+
+def auto_mesh() -> Mesh | None:
+  """A mesh over this process's devices if it has several and runs alone; else None."""
+  if not _AUTO_ENABLED[0] or jax.process_count() > 1 or jax.local_device_count() < 2:
+    return None
+  return _local_mesh(tuple(jax.local_devices()))
+
+
+@functools.lru_cache(maxsize=8)
+def _local_mesh(devices: tuple) -> Mesh:
+  return member_mesh(list(devices))
+
+
+def resolve_mesh(mesh: Mesh | str | None) -> Mesh | None:
+  """"auto" -> `auto_mesh()`; a one-device mesh -> None (the unsharded path); else as given."""
+  if isinstance(mesh, str):
+    if mesh != "auto":
+      raise ValueError(f"mesh must be a jax.sharding.Mesh, None or 'auto', got {mesh!r}.")
+    return auto_mesh()
+  if mesh is not None and not isinstance(mesh, Mesh):
+    raise ValueError(f"mesh must be a jax.sharding.Mesh, None or 'auto', got {type(mesh)}.")
+  return None if mesh is None or mesh.devices.size < 2 else mesh
+
+
+def member_spec(axis: int = 0) -> PartitionSpec:
+  """PartitionSpec splitting `axis` over the member axis (other axes replicated)."""
+  return PartitionSpec(*([None] * axis + [MEMBER_AXIS]))
+
+
+def shard_members(tree: PyTree, mesh: Mesh) -> PyTree:
+  """Places every leaf with its leading axis split over `mesh` (eager; a multiple of its size)."""
+  sharding = NamedSharding(mesh, member_spec(0))
+  for leaf in jax.tree_util.tree_leaves(tree):
+    if jnp.shape(leaf)[:1] == () or jnp.shape(leaf)[0] % mesh.devices.size:
+      raise ValueError(f"shard_members: a leading axis of {jnp.shape(leaf)[:1]} does not split "
+                       f"over {mesh.devices.size} devices; pad it first (pad_members).")
+  return jax.device_put(tree, sharding)
+
+
+def shard_axis(x: jax.Array, axis: int, mesh: Mesh | str | None = "auto") -> jax.Array:
+  """Constrains (inside jit) or places (outside) `x` with `axis` split over the mesh.
+
+  A no-op without a mesh, and when the axis length is not a multiple of the device
+  count (the data then stays replicated, as on one device).
+  """
+  mesh = resolve_mesh(mesh)
+  if mesh is None or x.shape[axis] % mesh.devices.size:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, member_spec(axis)))
+
+
+def sharded_scan_sum(fn: Callable[..., PyTree], xs: PyTree, mesh: Mesh) -> PyTree:
+  """sum_i fn(xs_i) over the leading axis of `xs`, traceable (use inside jit).
+
+  The members are taken `mesh.size` at a time in a `lax.scan`, one per device (a
+  vmap over the member axis); every device accumulates its own partial sum and the
+  partial sums are added once at the end. The leading axis must be a multiple of
+  the device count (pad it with members whose `fn` is zero). Memory stays that of
+  one member per device, unlike a vmap over all members.
+  """
+  num_devices = mesh.devices.size
+  leaves = jax.tree_util.tree_leaves(xs)
+  num_members = leaves[0].shape[0]
+  if num_members % num_devices:
+    raise ValueError(f"sharded_scan_sum: {num_members} members do not split over "
+                     f"{num_devices} devices; pad them with members whose fn is zero.")
+  member = NamedSharding(mesh, member_spec(0))
+  grouped = jax.tree_util.tree_map(
+      lambda a: jax.lax.with_sharding_constraint(
+          a.reshape((num_members // num_devices, num_devices) + a.shape[1:]),
+          NamedSharding(mesh, member_spec(1))), xs)
+  first = jax.tree_util.tree_map(lambda a: a[0], grouped)
+  shapes = jax.eval_shape(jax.vmap(fn), first)
+  zeros = jax.tree_util.tree_map(
+      lambda s: jax.lax.with_sharding_constraint(jnp.zeros(s.shape, s.dtype), member), shapes)
+
+  def body(acc, group):
+    return jax.tree_util.tree_map(jnp.add, acc, jax.vmap(fn)(group)), None
+
+  partial_sums, _ = jax.lax.scan(body, zeros, grouped)
+  return jax.tree_util.tree_map(lambda a: a.sum(axis=0), partial_sums)
 
 
 def sharded_vmap(fn: Callable[..., PyTree], mesh: Mesh | None = None,
@@ -76,8 +213,8 @@ def sharded_vmap(fn: Callable[..., PyTree], mesh: Mesh | None = None,
       if a == 0:
         arg = jax.tree_util.tree_map(lambda x: _pad_leading(jnp.asarray(x), num_devices), arg)
         placed.append(jax.device_put(arg, shard))
-      else:
-        placed.append(jax.device_put(arg, replicate))
+      else:  # as arrays: Python scalars cannot be put on another process's devices
+        placed.append(jax.device_put(jax.tree_util.tree_map(jnp.asarray, arg), replicate))
     out = _jitted_vmap(fn, axes)(*placed)
     return jax.tree_util.tree_map(lambda x: x[:num_members], out)
 

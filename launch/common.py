@@ -5,14 +5,27 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import logging
+from absl import flags, logging
+
+# Every binary imports this module, so every binary has the flag; `setup()` acts on it.
+MULTIHOST = flags.DEFINE_bool(
+    "multihost", False,
+    "Multi-process run (TPU pod slices, multi-node GPU): call jax.distributed.initialize() "
+    "before anything else; the coordinator, process count and id come from the environment "
+    "(TPU metadata, SLURM, Open MPI, or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
+    "JAX_PROCESS_ID).")
 
 
 def setup() -> None:
-  """Quietens TensorFlow's C++ logs (TFDS only) and logs the JAX devices."""
+  """Joins the multi-process run if --multihost, quietens TensorFlow's C++ logs (TFDS
+  only) and logs the JAX devices. Call it first in main(), before any JAX computation."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if MULTIHOST.value:
+    from ddjax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.initialize_multihost()
   import jax  # pylint: disable=g-import-not-at-top
-  logging.info("JAX %s, devices: %s", jax.__version__, jax.devices())
+  logging.info("JAX %s, process %d of %d, devices: %s", jax.__version__, jax.process_index(),
+               jax.process_count(), jax.devices())
 
 
 def run_reporting_errors(fn, *args, **kwargs):

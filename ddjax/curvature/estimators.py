@@ -37,6 +37,7 @@ import numpy as np
 import scipy.linalg
 from jax.flatten_util import ravel_pytree
 
+from ddjax import parallel
 from ddjax.curvature.operators import LinearOperator, NonFiniteCurvatureError, flatten
 
 PyTree = Any
@@ -77,9 +78,9 @@ class TraceEstimate:
             "stopped_by_tol": self.stopped_by_tol, "samples": self.samples.tolist()}
 
 
-@functools.partial(jax.jit, static_argnames=("max_probes", "tol", "probe_batch"))
 def hutchinson_samples(op: LinearOperator, key: jax.Array, *, max_probes: int,
-                       tol: float | None, probe_batch: int = 1) -> tuple[jax.Array, jax.Array]:
+                       tol: float | None, probe_batch: int = 1,
+                       mesh=None) -> tuple[jax.Array, jax.Array]:
   """Jittable core of `hutchinson_trace`: (samples [>= max_probes], count).
 
   With `tol=None` all `max_probes` probes are taken. Otherwise PyHessian's rule:
@@ -87,7 +88,21 @@ def hutchinson_samples(op: LinearOperator, key: jax.Array, *, max_probes: int,
   where m_k is the mean of the first k samples and m_0 = 0. Probes run
   `probe_batch` at a time (vmapped); the rule is applied probe by probe, so the
   count is the one a sequential loop would stop at.
+
+  `mesh` (a `jax.sharding.Mesh`, or "auto") splits every block of probes over its
+  devices; the block is rounded up to a multiple of the device count. Probe i is
+  still `fold_in(key, i)`, so the samples and the count are those of one device.
   """
+  mesh = parallel.resolve_mesh(mesh)
+  if mesh is not None:
+    probe_batch = parallel.round_up(probe_batch, mesh.devices.size)
+  return _hutchinson_samples(op, key, max_probes=max_probes, tol=tol, probe_batch=probe_batch,
+                             mesh=mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("max_probes", "tol", "probe_batch", "mesh"))
+def _hutchinson_samples(op: LinearOperator, key: jax.Array, *, max_probes: int,
+                        tol: float | None, probe_batch: int, mesh) -> tuple[jax.Array, jax.Array]:
   matvec, flat, _ = flatten(op)
   num_blocks = -(-max_probes // probe_batch)
 
@@ -95,7 +110,8 @@ def hutchinson_samples(op: LinearOperator, key: jax.Array, *, max_probes: int,
     z = jax.random.rademacher(jax.random.fold_in(key, i), flat.shape, flat.dtype)
     return jnp.vdot(z, matvec(z))
 
-  block = jax.vmap(sample)
+  def block(block_ids):
+    return jax.vmap(sample)(parallel.shard_axis(block_ids, 0, mesh))
   ids = jnp.arange(num_blocks * probe_batch).reshape(num_blocks, probe_batch)
   if tol is None:
     samples = jax.lax.map(block, ids).reshape(-1)
@@ -124,13 +140,14 @@ def hutchinson_samples(op: LinearOperator, key: jax.Array, *, max_probes: int,
 
 def hutchinson_trace(op: LinearOperator, key: jax.Array, *, num_probes: int | None = None,
                      max_probes: int = 100, tol: float = 1e-3,
-                     probe_batch: int = 1) -> TraceEstimate:
+                     probe_batch: int = 1, mesh=None) -> TraceEstimate:
   """Hutchinson estimate of tr(A) with Rademacher probes.
 
   `num_probes` fixes the count; otherwise PyHessian's relative-tolerance rule
   (defaults tol=1e-3, at most 100 probes: the paper's setting). Each probe costs
   one product; `probe_batch` probes are vmapped together (more memory, better
-  throughput on accelerators).
+  throughput on accelerators). `mesh` splits each block of probes over devices
+  (see `hutchinson_samples`); the estimate is the single-device one.
   """
   fixed = num_probes is not None
   count = num_probes if fixed else max_probes
@@ -141,7 +158,7 @@ def hutchinson_trace(op: LinearOperator, key: jax.Array, *, num_probes: int | No
   if not fixed and not tol > 0:
     raise ValueError(f"tol must be positive, got {tol}; pass num_probes for a fixed count.")
   samples, used = hutchinson_samples(op, key, max_probes=count, tol=None if fixed else float(tol),
-                                     probe_batch=probe_batch)
+                                     probe_batch=probe_batch, mesh=mesh)
   used = int(used)
   samples = np.asarray(samples, np.float64)[:used]
   bad = np.flatnonzero(~np.isfinite(samples))

@@ -27,6 +27,12 @@ per-batch Hessians, not the full-batch Hessian), and padding would change the
 statistics, so the data must split into equal batches. In both modes the updated
 statistics are discarded: an HVP never writes running averages back.
 
+Devices. `mesh=` (a `jax.sharding.Mesh`, or "auto" for every local device) splits the
+batches over the mesh's devices: each device scans its share, keeping its own partial
+sum, and the partial sums are added at the end (`ddjax.parallel.sharded_scan_sum`). The
+batch count is padded to a multiple of the device count with weight-0 batches, so the
+product is the same up to float rounding. The default (None) is the single scan.
+
 Precision. `precision=None` keeps JAX's default matmul precision, which is TF32
 for float32 on recent NVIDIA GPUs; "highest" forces full float32 (or float64)
 matmuls inside the operator. CPUs compute float32 exactly either way.
@@ -46,6 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
+
+from ddjax import parallel
 
 PyTree = Any
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (outputs [b, ...], labels [b, ...]) -> [b]
@@ -290,6 +298,7 @@ class _ModelMatvec:
   loss_fn: LossFn
   subset: tuple[str, ...] | None
   precision: str | None
+  mesh: Any = None           # split the batches over these devices (parallel.sharded_scan_sum)
 
   def __call__(self, primal, args, v):
     with _precision_context(self.precision):
@@ -307,19 +316,25 @@ class _ModelMatvec:
       # Dividing by the dataset's total weight makes the scan's sum the exact mean.
       return jnp.sum(w * self.loss_fn(z, y)) / total
 
-    def body(acc, batch):
+    def batch_product(batch):
       x, y, w = batch
       if self.kind == "hessian":
         grad = jax.grad(lambda p: batch_loss(outputs(p, x), y, w))
-        hv = jax.jvp(grad, (primal,), (v,))[1]  # forward-over-reverse
-      else:  # Gauss-Newton: J^T H_z J v with one linearisation of the network
-        z, jvp = jax.linearize(lambda p: outputs(p, x), primal)
-        hz = jax.jvp(jax.grad(lambda z_: batch_loss(z_, y, w)), (z,), (jvp(v),))[1]
-        (hv,) = jax.linear_transpose(jvp, primal)(hz)
-      return jax.tree_util.tree_map(jnp.add, acc, hv), None
+        return jax.jvp(grad, (primal,), (v,))[1]  # forward-over-reverse
+      # Gauss-Newton: J^T H_z J v with one linearisation of the network
+      z, jvp = jax.linearize(lambda p: outputs(p, x), primal)
+      hz = jax.jvp(jax.grad(lambda z_: batch_loss(z_, y, w)), (z,), (jvp(v),))[1]
+      (hv,) = jax.linear_transpose(jvp, primal)(hz)
+      return hv
 
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, v)
-    hv, _ = jax.lax.scan(body, zeros, batches)
+    if self.mesh is not None:
+      hv = parallel.sharded_scan_sum(batch_product, tuple(batches), self.mesh)
+    else:
+      def body(acc, batch):
+        return jax.tree_util.tree_map(jnp.add, acc, batch_product(batch)), None
+
+      zeros = jax.tree_util.tree_map(jnp.zeros_like, v)
+      hv, _ = jax.lax.scan(body, zeros, batches)
     l2 = args["l2"]
     return jax.tree_util.tree_map(lambda a, b: a + l2.astype(a.dtype) * b, hv, v)
 
@@ -328,7 +343,7 @@ def _model_operator(kind: str, model, variables: dict, x, y, *, weights=None,
                     batch_size: int | None = None, batch_stats: str = "running",
                     subset: Subset = None, l2: float = 0.0, damping: float = 0.0,
                     loss_fn: LossFn = cross_entropy_losses,
-                    precision: str | None = None) -> LinearOperator:
+                    precision: str | None = None, mesh=None) -> LinearOperator:
   if batch_stats not in BATCH_STATS_MODES:
     raise ValueError(f"Unknown batch_stats mode {batch_stats!r}; expected one of {BATCH_STATS_MODES}.")
   if precision not in PRECISIONS:
@@ -339,6 +354,11 @@ def _model_operator(kind: str, model, variables: dict, x, y, *, weights=None,
   params = variables.pop("params")
   model_state = variables
   batches = make_batches(x, y, batch_size, weights)
+  mesh = parallel.resolve_mesh(mesh)
+  if mesh is not None:  # whole weight-0 batches, so that every device gets as many
+    total = parallel.round_up(batches.x.shape[0], mesh.devices.size)
+    batches = Batches(*(jnp.concatenate([a, jnp.zeros((total - a.shape[0],) + a.shape[1:],
+                                                      a.dtype)]) for a in batches))
   n = jnp.shape(x)[0]
   if batch_stats == "batch" and model_state and n % batches.x.shape[1]:
     raise ValueError(
@@ -346,7 +366,7 @@ def _model_operator(kind: str, model, variables: dict, x, y, *, weights=None,
         f"batch_size={batches.x.shape[1]}): padding would change the batch statistics.")
   paths = resolve_subset(params, subset)
   primal = params if paths is None else select_params(params, paths)
-  fn = _ModelMatvec(model, kind, batch_stats, loss_fn, paths, precision)
+  fn = _ModelMatvec(model, kind, batch_stats, loss_fn, paths, precision, mesh)
   op = LinearOperator(fn, primal, {
       "params": params if paths is not None else None, "model_state": model_state,
       "batches": batches, "l2": jnp.asarray(l2, jnp.result_type(*jax.tree_util.tree_leaves(primal)))})
@@ -368,6 +388,7 @@ def hessian_operator(model, variables: dict, x, y, **kwargs) -> LinearOperator:
     damping: add damping * I.
     loss_fn: per-example loss (outputs, labels) -> [b]; default cross-entropy.
     precision: matmul precision inside the product (None, "highest", ...).
+    mesh: split the batches over a device mesh ("auto": every local device; see module doc).
   """
   return _model_operator("hessian", model, variables, x, y, **kwargs)
 

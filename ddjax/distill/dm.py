@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ddjax import augment, models, train
+from ddjax import augment, models, parallel, train
 from ddjax.data import sampling
 from ddjax.distill import base
 from ddjax.distill.gm import map_classes
@@ -76,6 +76,8 @@ def matching_loss(model, variables: dict, x_real: jax.Array, images: jax.Array, 
         num_classes, xs.shape[1], -1).mean(1)
     losses = jnp.sum((real_mean - syn_mean) ** 2, -1)
     return jnp.sum(losses), losses
+
+  x_real = parallel.shard_axis(x_real, 1)  # data-parallel over the real batch (several devices)
 
   def one(xr, xs, k):
     real_mean = jax.lax.stop_gradient(_embed(model, variables, aug(k, xr)).mean(0))

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ddjax import augment, models, train
+from ddjax import augment, models, parallel, train
 from ddjax.data import sampling
 from ddjax.distill import base
 
@@ -149,6 +149,7 @@ def matching_loss_and_grad(model, params: PyTree, model_state: dict, x_real: jax
   num_classes = x_real.shape[0]
   x_syn = images.reshape((num_classes, -1) + images.shape[1:])
   keys = jax.random.split(key, num_classes)
+  x_real = parallel.shard_axis(x_real, 1)  # data-parallel over the real batch (several devices)
   loss_fn = functools.partial(class_match_loss, model, params, model_state, metric=metric,
                               strategy=strategy, aug_params=aug_params)
 

@@ -107,7 +107,7 @@ def influence_functions(model, variables: dict, x, y, x_test, y_test, *, method:
                         cg_tol: float = 1e-6, lissa_scale: float | None = None,
                         lissa_depth: int = 1000, arnoldi_rank: int = 20,
                         arnoldi_iters: int | None = None, batch_size: int | None = None,
-                        eval_batch_size: int = 1000) -> InfluenceResult:
+                        eval_batch_size: int = 1000, rows=None) -> InfluenceResult:
   """Predicted leave-one-out influence [n_train, n_test] at the trained `variables`.
 
   Args:
@@ -123,6 +123,9 @@ def influence_functions(model, variables: dict, x, y, x_test, y_test, *, method:
       max(3 * rank, 30)).
     batch_size: batch size of the curvature products over the training set.
     eval_batch_size: batch size of the test-set projections.
+    rows: indices of the training points whose influence rows are wanted (default
+      all); the curvature and the 1/n still use every training point, so each row
+      equals that row of the full matrix, at the cost of len(rows) solves.
   """
   if method not in METHODS:
     raise ValueError(f"Unknown influence method {method!r}; expected one of {METHODS}.")
@@ -133,7 +136,13 @@ def influence_functions(model, variables: dict, x, y, x_test, y_test, *, method:
   eval_batch_size = min(eval_batch_size, x_test.shape[0])
   info: dict = {"method": method, "curvature": curvature_kind, "damping": damping, "l2": l2,
                 "num_train": int(n)}
-  grads = per_example_grads(model, variables, x, y)
+  if rows is None:
+    rows = np.arange(n)
+  rows = np.asarray(rows, np.int64).reshape(-1)
+  if rows.size == 0 or rows.min() < 0 or rows.max() >= n:
+    raise ValueError(f"rows must be non-empty indices in [0, {n}), got {rows.tolist()[:10]}.")
+  x_rows, y_rows = x[rows], y[rows]
+  grads = per_example_grads(model, variables, x_rows, y_rows)
   op = None if method == "identity" else _operator(curvature_kind, model, variables, x, y,
                                                   batch_size, l2)
 
@@ -144,7 +153,8 @@ def influence_functions(model, variables: dict, x, y, x_test, y_test, *, method:
       raise ValueError(f"No eigenvalue plus damping ({damping}) is positive among the top "
                        f"{arnoldi_rank}; raise the damping.")
     vectors = jax.tree_util.tree_map(lambda a: a[np.flatnonzero(keep)], eig.eigenvectors)
-    p_train = np.asarray(project_gradients(model, variables, x, y, vectors), np.float64)
+    p_train = np.asarray(project_gradients(model, variables, x_rows, y_rows, vectors),
+                         np.float64)
     p_test = np.asarray(project_gradients(model, variables, x_test, y_test, vectors,
                                           batch_size=eval_batch_size), np.float64)
     inv = 1.0 / (eig.eigenvalues[keep] + damping)

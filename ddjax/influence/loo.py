@@ -11,6 +11,10 @@ chunks of one, `chunk_size`) of `train.train_full_batch` over weight masks: run 
 weights point i by 0, so its loss sum_j w_j l_j / sum_j w_j is exactly the mean
 over the other n - 1 points, and every run starts from the same variables.
 
+With several local devices the runs are split over them (`mesh="auto"`, the default;
+see `ddjax.parallel`): the masks are padded to a multiple of the device count and
+sharded, each run's arithmetic is unchanged, so the matrix is the single-device one.
+
 Batch norm would break the equivalence (a masked point still enters the batch
 statistics), so models with `batch_stats` are refused.
 """
@@ -25,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddjax import train
+from ddjax import parallel, train
 
 PyTree = Any
 
@@ -58,10 +62,11 @@ def _check(variables: dict, x, y, x_test, y_test) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_steps", "learning_rate", "momentum",
-                                             "weight_decay", "chunk_size", "eval_batch_size"))
+                                             "weight_decay", "chunk_size", "eval_batch_size",
+                                             "mesh"))
 def _retrain_and_evaluate(model, variables, x, y, x_test, y_test, masks, *, num_steps: int,
                           learning_rate: float, momentum: float, weight_decay: float,
-                          chunk_size: int | None, eval_batch_size: int):
+                          chunk_size: int | None, eval_batch_size: int, mesh=None):
   tx = train.sgd_momentum(learning_rate, momentum, weight_decay)
 
   def one(weights):
@@ -70,6 +75,11 @@ def _retrain_and_evaluate(model, variables, x, y, x_test, y_test, masks, *, num_
     ev = train.evaluate(model, final, x_test, y_test, eval_batch_size)
     return final, ev["per_example_loss"], ev["accuracy"]
 
+  if mesh is not None:  # masks padded to whole chunks that split over the devices
+    chunk = chunk_size or masks.shape[0]
+    chunks = parallel.shard_axis(masks.reshape((-1, chunk) + masks.shape[1:]), 1, mesh)
+    out = jax.lax.map(jax.vmap(one), chunks)
+    return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
   if chunk_size is None or chunk_size >= masks.shape[0]:
     return jax.vmap(one)(masks)
   return jax.lax.map(one, masks, batch_size=chunk_size)
@@ -77,14 +87,15 @@ def _retrain_and_evaluate(model, variables, x, y, x_test, y_test, masks, *, num_
 
 def loo_retrain(model, variables: dict, x, y, x_test, y_test, *, masks=None, num_steps: int = 300,
                 learning_rate: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
-                chunk_size: int | None = None, eval_batch_size: int = 1000):
+                chunk_size: int | None = None, eval_batch_size: int = 1000, mesh="auto"):
   """Protocol A from `variables` once per row of `masks` (default `loo_masks(n)`).
 
   (torch-style SGD with momentum; `weight_decay` is 0 in the paper.)
 
   Returns (final variables stacked over runs, per-example test losses
   [runs, n_test], test accuracies [runs]). All runs are one jitted call: a vmap,
-  or a `lax.map` over chunks of `chunk_size` vmapped runs to bound memory.
+  or a `lax.map` over chunks of `chunk_size` vmapped runs to bound memory. `mesh`
+  ("auto": every local device; None: one device) splits the runs of a chunk over devices.
   """
   variables = dict(variables)
   x, y, x_test, y_test = map(jnp.asarray, (x, y, x_test, y_test))
@@ -94,15 +105,25 @@ def loo_retrain(model, variables: dict, x, y, x_test, y_test, *, masks=None, num
   masks = jnp.asarray(masks, jnp.float32)
   if masks.ndim != 2 or masks.shape[1] != x.shape[0]:
     raise ValueError(f"masks must be [runs, {x.shape[0]}], got {masks.shape}.")
-  return _retrain_and_evaluate(model, variables, x, y, x_test, y_test, masks, num_steps=num_steps,
-                               learning_rate=float(learning_rate), momentum=float(momentum),
-                               weight_decay=float(weight_decay), chunk_size=chunk_size,
-                               eval_batch_size=min(eval_batch_size, x_test.shape[0]))
+  runs = masks.shape[0]
+  mesh = parallel.resolve_mesh(mesh)
+  if mesh is not None:
+    # Whole chunks, each a multiple of the device count; the padding repeats the last
+    # run and is trimmed below.
+    chunk = parallel.round_up(min(chunk_size or runs, runs), mesh.devices.size)
+    masks = parallel.pad_members(masks, chunk)
+    chunk_size = chunk if chunk < masks.shape[0] else None
+  out = _retrain_and_evaluate(model, variables, x, y, x_test, y_test, masks, num_steps=num_steps,
+                              learning_rate=float(learning_rate), momentum=float(momentum),
+                              weight_decay=float(weight_decay), chunk_size=chunk_size,
+                              eval_batch_size=min(eval_batch_size, x_test.shape[0]), mesh=mesh)
+  return out if mesh is None else jax.tree_util.tree_map(lambda a: a[:runs], out)
 
 
 def loo_influence(model, variables: dict, x, y, x_test, y_test, *, num_steps: int = 300,
                   learning_rate: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
-                  chunk_size: int | None = None, eval_batch_size: int = 1000) -> LOOResult:
+                  chunk_size: int | None = None, eval_batch_size: int = 1000,
+                  mesh="auto") -> LOOResult:
   """Exact leave-one-out influence of each training point on each test point.
 
   n + 1 protocol-A retrains from the same `variables` in one batched call (see
@@ -111,7 +132,7 @@ def loo_influence(model, variables: dict, x, y, x_test, y_test, *, num_steps: in
   finals, losses, accs = loo_retrain(model, variables, x, y, x_test, y_test, num_steps=num_steps,
                                      learning_rate=learning_rate, momentum=momentum,
                                      weight_decay=weight_decay, chunk_size=chunk_size,
-                                     eval_batch_size=eval_batch_size)
+                                     eval_batch_size=eval_batch_size, mesh=mesh)
   losses = np.asarray(losses, np.float64)
   if not np.all(np.isfinite(losses)):
     bad = np.flatnonzero(~np.all(np.isfinite(losses), axis=1))

@@ -1,0 +1,54 @@
+"""Fields every analysis config shares: the real data, the distilled sets, the real model.
+
+Sections for each analysis are added by configs/analysis/{substitute,training_setup,information,semantics}.py;
+configs/analysis/paper.py assembles them all.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def base_config(dataset: str = "mnist5k", size: str = "demo") -> ml_collections.ConfigDict:
+  """size: 'tiny' (tests, seconds), 'demo' (mnist5k on 2 CPU cores), 'paper' (GPU)."""
+  if size not in ("tiny", "demo", "paper"):
+    raise ValueError(f"Unknown size {size!r}; expected tiny, demo or paper.")
+  config = ml_collections.ConfigDict()
+  config.size = size
+  config.seed = 0
+  config.dataset = dataset
+  config.data_dir = ml_collections.config_dict.placeholder(str)
+  config.preprocess = "standardize"
+  config.train_per_class = 0
+  config.test_per_class = 0
+  config.distilled = ""            # "name=path,..." or a directory of <name>/distilled.npz
+  config.cache_dir = ""            # real-trained models; "" = <workdir>/real_models
+  config.progress = True
+
+  # The network trained on distilled/real data throughout (the paper's ConvNet).
+  config.model = "convnet"
+  config.model_kwargs = common.model_kwargs("convnet")
+  # The real-trained model (protocol B: SGD 0.01, momentum 0.9, batch 256).
+  config.real_model = ml_collections.ConfigDict()
+  config.real_model.model = "convnet"
+  config.real_model.model_kwargs = common.model_kwargs("convnet")
+  config.real_model.epochs = 10
+  config.real_model.batch_size = 256
+  config.real_model.learning_rate = 0.01
+  config.real_model.momentum = 0.9
+  # Protocol A (the paper's distilled-data training): 300 full-batch steps, SGD 0.01/0.9.
+  config.protocol_a = ml_collections.ConfigDict(
+      {"steps": 300, "learning_rate": 0.01, "momentum": 0.9, "num_seeds": 5})
+
+  if size in ("tiny", "demo"):
+    config.model_kwargs.width = 8 if size == "tiny" else 32
+    config.real_model.model_kwargs.width = 8 if size == "tiny" else 32
+  if size == "tiny":
+    config.train_per_class = 20
+    config.test_per_class = 10
+    config.real_model.epochs = 2
+    config.real_model.batch_size = 64
+    config.protocol_a.steps = 20
+    config.protocol_a.num_seeds = 2
+    config.progress = False
+  return config

@@ -1,0 +1,31 @@
+r"""Every analysis of "What is Dataset Distillation Learning?" in one config.
+
+    python -m launch.analyze --config=configs/analysis/paper.py:dataset=mnist5k \
+        --config.distilled=/tmp/ddjax/repro/distill --analysis=all --workdir=/tmp/ddjax/analysis
+
+Arguments: dataset (mnist5k, mnist, cifar10, cifar100), size (tiny: tests, seconds;
+demo: mnist5k on 2 CPU cores; paper: the paper's settings, for a GPU). Sections:
+Q1 (configs/analysis/substitute.py and training_setup.py), Q2 (information.py), Q3 (semantics.py).
+`launch/reproduce.py` distils the sets first and then runs this; its docstring gives the
+expected results.
+"""
+
+import ml_collections
+
+from configs import common
+from configs.analysis import common as analysis_common
+from configs.analysis import information, semantics, substitute, training_setup
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, dataset="mnist5k", size="demo")
+  config = analysis_common.base_config(arg.dataset, arg.size)
+  if arg.size == "paper":  # the paper's ConvNet (width 128) for training and analysis
+    config.model_kwargs.width = 128
+    config.real_model.model_kwargs.width = 128
+    config.protocol_a.num_seeds = 5
+  substitute.add_sections(config)
+  training_setup.add_sections(config)
+  information.add_sections(config)
+  semantics.add_sections(config)
+  return config

@@ -1,0 +1,442 @@
+"""The whole paper from scratch on one dataset: the job behind `launch/reproduce.py`.
+
+    summary = run_reproduction(config, workdir)      # config: configs/reproduce.py
+
+Stages, each resumable (a finished piece is skipped, never redone):
+
+1. experts   MTT's expert trajectories (`ddjax.experts.train_experts`) into
+             `<workdir>/experts`; only if MTT is among the methods and not yet distilled.
+2. distill   every method of `config.methods` with `ddjax.distill.driver.run_distillation`
+             into `<workdir>/distill/<method>/` (skipped when its distilled.npz and
+             results.json exist; a partly done run resumes from its orbax checkpoint).
+3. analysis  every analysis of `config.analyses` (`ddjax.analysis.ANALYSES`) on the
+             distilled sets, into `<workdir>/analysis/` (skipped when `<name>.json` exists
+             and its inputs, the sets' content and the analysis config, are unchanged).
+4. report    `<workdir>/report.md` (`ddjax.analysis.report.write_report`), always rewritten.
+
+Every stage's wall time, process CPU time and the machine's load average go to
+`<workdir>/timings.json` (one record per run) and into the report, so a run on a shared
+machine can be told apart from one on free cores.
+
+With `config.keep_going` (the default) a failing method or analysis is recorded (its
+traceback in `<name>.error.txt`), the rest still run, the report lists the failure and
+`run_reproduction` raises `ReproductionIncomplete` after writing it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+import traceback
+from typing import Any, Callable
+
+import ml_collections
+
+from ddjax import data, experts
+from ddjax import workdir as workdir_lib
+from ddjax.distill import driver
+
+EXPERTS_DIR = "experts"
+DISTILL_DIR = "distill"
+ANALYSIS_DIR = "analysis"
+REPORT_FILE = "report.md"
+TIMINGS_FILE = "timings.json"
+INPUTS_FILE = "inputs.json"        # analysis name -> fingerprint of its inputs
+
+
+class ReproductionIncomplete(RuntimeError):
+  """Some methods or analyses failed; the report was written without them."""
+
+
+class ReproductionConfigError(ValueError):
+  """The reproduction config is inconsistent (unknown method or analysis, experts that
+  MTT could not use); raised before any work starts."""
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+@dataclasses.dataclass
+class StageRecord:
+  """One timed piece of a run: a stage ('distill') and what it ran ('dm')."""
+  stage: str
+  name: str
+  status: str = "ran"          # ran | skipped | failed
+  wall_s: float = 0.0
+  cpu_s: float = 0.0           # this process's CPU time (all threads)
+  load_start: float | None = None
+  load_end: float | None = None
+  note: str = ""
+
+
+def _load() -> float | None:
+  try:
+    return float(os.getloadavg()[0])
+  except OSError:
+    return None
+
+
+class Timer:
+  """Collects `StageRecord`s, prints them as they finish and, given a workdir, saves this
+  run's records to `<workdir>/timings.json` after each one (a killed run keeps the times
+  of the pieces it finished)."""
+
+  def __init__(self, verbose: bool = True, workdir: str | None = None):
+    self.records: list[StageRecord] = []
+    self.verbose = verbose
+    self.workdir = workdir
+    self.started = time.time()
+    self._earlier_runs = read_timings(workdir) if workdir else []
+
+  def _add(self, record: StageRecord) -> None:
+    self.records.append(record)
+    self._print(record)
+    self.save()
+
+  def save(self) -> list[dict]:
+    """Writes the earlier runs plus this one; returns them (oldest first)."""
+    runs = self._earlier_runs + [{"started": self.started, "finished": time.time(),
+                                  "records": [dataclasses.asdict(r) for r in self.records]}]
+    if self.workdir and os.path.isdir(self.workdir):
+      workdir_lib.write_json(os.path.join(self.workdir, TIMINGS_FILE), {"runs": runs})
+    return runs
+
+  def skip(self, stage: str, name: str, note: str) -> StageRecord:
+    record = StageRecord(stage, name, "skipped", note=note)
+    self._add(record)
+    return record
+
+  def run(self, stage: str, name: str, fn: Callable[[], Any], *, keep_going: bool) -> Any:
+    """Runs fn() timed. A failure is recorded; re-raised unless keep_going (then None)."""
+    record = StageRecord(stage, name, load_start=_load())
+    wall, cpu = time.time(), time.process_time()
+    if self.verbose:
+      print(f"[{stage}] {name} ...", flush=True)
+    try:
+      return fn()
+    except Exception as e:  # pylint: disable=broad-except
+      record.status = "failed"
+      record.note = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+      if not keep_going:
+        raise
+      logging.error("%s %s failed:\n%s", stage, name, traceback.format_exc())
+      return None
+    finally:
+      record.wall_s = time.time() - wall
+      record.cpu_s = time.process_time() - cpu
+      record.load_end = _load()
+      self._add(record)
+
+  def _print(self, record: StageRecord) -> None:
+    if self.verbose:
+      what = (f"{record.wall_s:.1f} s (cpu {record.cpu_s:.1f} s)" if record.status != "skipped"
+              else record.note)
+      print(f"[{record.stage}] {record.name}: {record.status}, {what}", flush=True)
+
+  def failures(self) -> list[StageRecord]:
+    return [r for r in self.records if r.status == "failed"]
+
+
+def read_timings(workdir: str) -> list[dict]:
+  """All runs recorded in `<workdir>/timings.json`, oldest first."""
+  path = os.path.join(workdir, TIMINGS_FILE)
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      return list(json.load(f).get("runs", []))
+  except (OSError, json.JSONDecodeError, AttributeError):
+    return []  # a damaged timings file only loses the history
+
+
+def timing_summary(runs: list[dict]) -> list[dict]:
+  """The latest run's records; a skipped piece shows the time it took when it last ran."""
+  if not runs:
+    return []
+  earlier: dict[tuple[str, str], dict] = {}
+  for run in runs[:-1]:
+    for r in run["records"]:
+      if r["status"] == "ran":
+        earlier[(r["stage"], r["name"])] = r
+  out = []
+  for r in runs[-1]["records"]:
+    row = dict(r)
+    if r["status"] == "skipped" and (r["stage"], r["name"]) in earlier:
+      prev = earlier[(r["stage"], r["name"])]
+      row["earlier_wall_s"], row["earlier_cpu_s"] = prev["wall_s"], prev["cpu_s"]
+    out.append(row)
+  return out
+
+
+def format_timings(rows: list[dict]) -> str:
+  """A plain-text table of `timing_summary` rows (printed at the end of a run)."""
+  lines = [f"{'stage':<9} {'name':<26} {'status':<8} {'wall s':>8} {'cpu s':>8} {'load':>9}"]
+  total_wall = total_cpu = 0.0
+  for r in rows:
+    if r["status"] == "skipped":
+      wall = f"({r['earlier_wall_s']:.0f})" if "earlier_wall_s" in r else "-"
+      cpu = f"({r['earlier_cpu_s']:.0f})" if "earlier_cpu_s" in r else "-"
+      load = ""
+    else:
+      wall, cpu = f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}"
+      total_wall += r["wall_s"]
+      total_cpu += r["cpu_s"]
+      load = (f"{r['load_start']:.1f}-{r['load_end']:.1f}"
+              if r.get("load_start") is not None and r.get("load_end") is not None else "")
+    lines.append(f"{r['stage']:<9} {r['name']:<26} {r['status']:<8} {wall:>8} {cpu:>8} {load:>9}")
+  lines.append(f"{'total':<9} {'(this run)':<26} {'':<8} {total_wall:>8.1f} {total_cpu:>8.1f}")
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def method_names(config: ml_collections.ConfigDict) -> list[str]:
+  names = [m.strip() for m in str(config.methods).split(",") if m.strip()]
+  unknown = [m for m in names if m not in config.distill]
+  if unknown:
+    raise ReproductionConfigError(
+        f"config.methods names {unknown}, which have no config.distill section; expected "
+        f"some of {sorted(config.distill.keys())}.")
+  if len(set(names)) != len(names):
+    raise ReproductionConfigError(f"config.methods lists a method twice: {config.methods!r}.")
+  return names
+
+
+def analysis_names(config: ml_collections.ConfigDict) -> list[str]:
+  from ddjax import analysis  # pylint: disable=g-import-not-at-top
+  spec = str(config.analyses).strip()
+  names = list(analysis.ANALYSES) if spec == "all" else [
+      n.strip() for n in spec.split(",") if n.strip()]
+  unknown = [n for n in names if n not in analysis.ANALYSES]
+  if unknown:
+    raise ReproductionConfigError(
+        f"config.analyses names unknown analyses {unknown}; expected `all` or some of "
+        f"{sorted(analysis.ANALYSES)}.")
+  return names
+
+
+def _unlocked_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  out = copy.deepcopy(config)
+  out.unlock()
+  return out
+
+
+def method_config(config: ml_collections.ConfigDict, method: str,
+                  workdir: str) -> ml_collections.ConfigDict:
+  """`config.distill[method]` ready to run: MTT reads the experts of this reproduction."""
+  cfg = _unlocked_copy(config.distill[method])
+  if method == "mtt" and not cfg.mtt.get("buffer_dir"):
+    cfg.mtt.buffer_dir = os.path.join(workdir, EXPERTS_DIR)
+  return cfg
+
+
+def analysis_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  """`config.analysis` reading this reproduction's distilled sets."""
+  cfg = _unlocked_copy(config.analysis)
+  if not cfg.get("distilled"):
+    cfg.distilled = os.path.join(workdir, DISTILL_DIR)
+  return cfg
+
+
+def check_experts_match(config: ml_collections.ConfigDict) -> None:
+  """The experts config trains what MTT's config will load (else MTT refuses after the
+  experts were trained, minutes later)."""
+  ex, mt = config.experts, config.distill.mtt
+  problems = []
+  for field in ("dataset", "preprocess", "model"):
+    if ex[field] != mt[field]:
+      problems.append(f"{field}: experts {ex[field]!r}, mtt {mt[field]!r}")
+  if experts.param_kwargs(ex.model_kwargs) != experts.param_kwargs(mt.model_kwargs):
+    problems.append(f"model_kwargs: experts {experts.param_kwargs(ex.model_kwargs)}, "
+                    f"mtt {experts.param_kwargs(mt.model_kwargs)}")
+  needed = int(mt.mtt.max_start_epoch) + int(mt.mtt.expert_epochs)
+  if int(ex.num_epochs) < needed:
+    problems.append(f"MTT needs max_start_epoch + expert_epochs = {needed} expert epochs, the "
+                    f"experts train {ex.num_epochs}")
+  if problems:
+    raise ReproductionConfigError("config.experts and config.distill.mtt disagree: " +
+                                  "; ".join(problems))
+
+
+def check_dataset(config: ml_collections.ConfigDict) -> None:
+  """Fails fast, with the data module's one-line instructions, when the dataset is absent
+  (e.g. CIFAR-10 offline), before any stage starts."""
+  data.load_dataset(config.dataset, data_dir=config.get("data_dir"))
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def distilled_done(method_dir: str) -> bool:
+  return all(os.path.exists(os.path.join(method_dir, f))
+             for f in (driver.DISTILLED_FILE, driver.RESULTS_FILE))
+
+
+def experts_stage(config, workdir: str, methods: list[str], timer: Timer) -> None:
+  buffer_dir = method_config(config, "mtt", workdir).mtt.buffer_dir if "mtt" in methods else ""
+  if "mtt" not in methods:
+    timer.skip("experts", "mtt experts", "MTT not among the methods")
+    return
+  if distilled_done(os.path.join(workdir, DISTILL_DIR, "mtt")):
+    timer.skip("experts", "mtt experts", "MTT already distilled")
+    return
+  num = int(config.experts.num_experts)
+  if (os.path.exists(os.path.join(buffer_dir, experts.BUFFER_FILE))
+      and len(experts.completed_experts(buffer_dir, num)) == num):
+    timer.skip("experts", "mtt experts", f"{num} experts already in {buffer_dir}")
+    return
+  cfg = _unlocked_copy(config.experts)
+  timer.run("experts", "mtt experts", lambda: experts.train_experts(cfg, buffer_dir),
+            keep_going=bool(config.keep_going))
+
+
+def distill_stage(config, workdir: str, methods: list[str], timer: Timer) -> dict[str, dict]:
+  """Runs (or skips) every method; returns {method: results.json content} of finished ones."""
+  results = {}
+  for method in methods:
+    method_dir = os.path.join(workdir, DISTILL_DIR, method)
+    if distilled_done(method_dir):
+      timer.skip("distill", method, "distilled.npz present")
+    else:
+      if method == "mtt" and any(r.stage == "experts" and r.status == "failed"
+                                 for r in timer.records):
+        timer.skip("distill", method, "no experts (their training failed)")
+        continue
+      cfg = method_config(config, method, workdir)
+      timer.run("distill", method, lambda cfg=cfg, d=method_dir: driver.run_distillation(cfg, d),
+                keep_going=bool(config.keep_going))
+    path = os.path.join(method_dir, driver.RESULTS_FILE)
+    if distilled_done(method_dir):
+      with open(path) as f:
+        results[method] = json.load(f)
+  return results
+
+
+def analysis_fingerprint(cfg: ml_collections.ConfigDict) -> str:
+  """A digest of an analysis run's inputs: the content of every distilled set it reads and
+  the analysis config (minus fields that do not change results). Stored next to the
+  results, so a resumed reproduction reruns analyses whose inputs changed (a re-distilled
+  or added set, a changed setting) instead of reporting stale numbers."""
+  from ddjax.analysis import common  # pylint: disable=g-import-not-at-top
+  sets = {}
+  for name, path in sorted(common.parse_distilled(cfg.get("distilled", "")).items()):
+    with open(path, "rb") as f:
+      sets[name] = hashlib.sha1(f.read()).hexdigest()
+  fields = json.loads(cfg.to_json_best_effort(sort_keys=True))
+  for volatile in ("progress", "distilled", "cache_dir"):
+    fields.pop(volatile, None)
+  text = json.dumps({"sets": sets, "config": fields}, sort_keys=True, default=str)
+  return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _read_inputs(out_dir: str) -> dict[str, str]:
+  path = os.path.join(out_dir, INPUTS_FILE)
+  try:
+    with open(path) as f:
+      return dict(json.load(f))
+  except (OSError, json.JSONDecodeError, TypeError, ValueError):
+    return {}
+
+
+def analysis_stage(config, workdir: str, names: list[str], timer: Timer) -> dict[str, dict]:
+  """Runs (or skips) every analysis; returns {name: its JSON} for those that finished.
+
+  An analysis is skipped when its JSON exists and its recorded inputs (`inputs.json`,
+  `analysis_fingerprint`) are unchanged, or were not recorded (a JSON written by
+  launch/analyze.py, say)."""
+  from ddjax import analysis  # pylint: disable=g-import-not-at-top
+  from ddjax.analysis import common  # pylint: disable=g-import-not-at-top
+  out_dir = os.path.join(workdir, ANALYSIS_DIR)
+  cfg = analysis_config(config, workdir)
+  distill_dir = os.path.join(workdir, DISTILL_DIR)
+  have_sets = bool(cfg.distilled != distill_dir or (
+      os.path.isdir(distill_dir) and any(distilled_done(os.path.join(distill_dir, m))
+                                         for m in os.listdir(distill_dir))))
+  if not names:
+    return {}
+  workdir_lib.prepare_workdir(out_dir, cfg)
+  fingerprint = analysis_fingerprint(cfg) if have_sets else None
+  inputs = _read_inputs(out_dir)
+  results = {}
+  for name in names:
+    done = common.read_results(out_dir, name)
+    if done is not None and inputs.get(name, fingerprint) == fingerprint:
+      timer.skip("analysis", name, f"{name}.json present")
+      results[name] = done
+      continue
+    if not have_sets:
+      timer.skip("analysis", name, "no distilled set finished")
+      continue
+    if done is not None:
+      logging.info("%s: the distilled sets or the config changed since %s.json; rerunning.",
+                   name, name)
+
+    def run(name=name):
+      try:
+        return analysis.get_analysis(name)(cfg, out_dir)
+      except Exception:
+        with open(os.path.join(out_dir, f"{name}.error.txt"), "w") as f:
+          f.write(traceback.format_exc())
+        raise
+
+    if timer.run("analysis", name, run, keep_going=bool(config.keep_going)) is not None:
+      results[name] = common.read_results(out_dir, name)
+      inputs[name] = fingerprint
+      workdir_lib.write_json(os.path.join(out_dir, INPUTS_FILE), inputs)
+      error = os.path.join(out_dir, f"{name}.error.txt")
+      if os.path.exists(error):
+        os.remove(error)  # an earlier failure, fixed now
+  return results
+
+
+def run_reproduction(config: ml_collections.ConfigDict, workdir: str, *,
+                     verbose: bool = True) -> dict[str, Any]:
+  """Runs every stage into `workdir` (resuming), writes the report; returns a summary:
+  {'report', 'distill' (method -> results), 'analysis' (name -> results), 'claims',
+  'timings' (this run's records), 'failures'}. Raises ReproductionIncomplete after the
+  report if anything failed."""
+  from ddjax.analysis import report  # pylint: disable=g-import-not-at-top
+  methods = method_names(config)
+  names = analysis_names(config)
+  if "mtt" in methods:
+    check_experts_match(config)
+  timer = Timer(verbose, workdir)
+  needs_work = (any(not distilled_done(os.path.join(workdir, DISTILL_DIR, m)) for m in methods)
+                or any(not os.path.exists(os.path.join(workdir, ANALYSIS_DIR, f"{n}.json"))
+                       for n in names))
+  if needs_work:  # before anything is written: a missing dataset leaves no workdir behind
+    timer.run("setup", f"dataset {config.dataset}", lambda: check_dataset(config),
+              keep_going=False)
+  workdir_lib.prepare_workdir(workdir, config)
+
+  experts_stage(config, workdir, methods, timer)
+  distilled = distill_stage(config, workdir, methods, timer)
+  results = analysis_stage(config, workdir, names, timer)
+
+  def write():  # (the report cannot contain its own duration; timings.json does)
+    return report.write_report(
+        workdir, config=config, results=results, distilled=distilled,
+        timings=timing_summary(timer.save()),
+        failures=[dataclasses.asdict(r) for r in timer.failures()],
+        analysis_dir=os.path.join(workdir, ANALYSIS_DIR))
+
+  out = timer.run("report", REPORT_FILE, write, keep_going=False)
+  runs = timer.save()
+  summary = {"report": out["path"], "claims": out["claims"], "distill": distilled,
+             "analysis": results, "timings": timing_summary(runs),
+             "failures": [dataclasses.asdict(r) for r in timer.failures()]}
+  if verbose:
+    print("\nStage timings (wall and CPU seconds; parentheses: a skipped stage's time when it "
+          "last ran):\n" + format_timings(summary["timings"]), flush=True)
+  if summary["failures"]:
+    raise ReproductionIncomplete(
+        "; ".join(f"{f['stage']} {f['name']}: {f['note']}" for f in summary["failures"]) +
+        f". The report ({out['path']}) lists what is missing; re-run the same command to "
+        "retry only the failed pieces.")
+  return summary

@@ -1,0 +1,279 @@
+"""The one-command reproduction (launch/reproduce.py): configs, the report writer, and a
+tiny end-to-end run with resume.
+
+The end-to-end test distils three sets (random, dm, and mtt with its experts stage) at
+size=tiny and runs one analysis per claim module; the report writer is tested in full on
+fabricated, schema-valid results (every analysis at tiny size would take minutes here).
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from configs import reproduce as reproduce_config
+from ddjax import data, experts
+from ddjax.analysis import report, reproduce
+from ddjax.distill import driver
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def _config(**overrides):
+  config = reproduce_config.get_config("dataset=mnist5k,size=tiny")
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def test_paper_config_uses_the_papers_settings():
+  config = reproduce_config.get_config("dataset=cifar10,size=paper")
+  assert config.ipc == 10 and config.methods.split(",") == ["random", "dc", "dm", "mtt", "bptt",
+                                                            "kip"]
+  for method in reproduce.method_names(config):
+    cfg = config.distill[method]
+    assert (cfg.dataset, cfg.ipc, cfg.model) == ("cifar10", 10, "convnet")
+    assert cfg.model_kwargs.width == 128 and cfg.preprocess == "standardize"  # no ZCA (paper)
+    assert cfg.eval.protocol_a_steps == 300 and cfg.eval.protocol_a_lr == 0.01
+    assert cfg.eval.protocol_a_momentum == 0.9 and cfg.eval.num_seeds == 5
+  assert config.distill.mtt.num_iterations == 5000 and config.distill.dm.num_iterations == 20000
+  assert config.analysis.model_kwargs.width == 128 and config.analysis.protocol_a.steps == 300
+  assert config.experts.num_experts == 100 and config.experts.num_epochs == 50
+  reproduce.check_experts_match(config)  # MTT can read the experts this config trains
+
+
+def test_demo_config_cuts_and_shared_fields():
+  config = reproduce_config.get_config("dataset=mnist5k,size=demo")
+  reproduce.check_experts_match(config)
+  for method in reproduce.method_names(config):
+    cfg = config.distill[method]
+    assert cfg.eval.every == 0 and cfg.eval.num_seeds == 1 and not cfg.eval.dc_protocol
+    assert cfg.eval.protocol_a_steps == 300  # protocol A itself is not cut
+  full = {m: reproduce_config.METHOD_CONFIGS[m].get_config("dataset=mnist5k,ipc=10")
+          for m in ("dc", "dm", "mtt", "bptt", "kip")}
+  for method, cfg in full.items():  # fewer outer iterations, same per-iteration settings
+    assert 0 < config.distill[method].num_iterations < cfg.num_iterations
+    assert config.distill[method][method].to_dict().keys() == cfg[method].to_dict().keys()
+  assert config.distill.dm.dm.lr_img == full["dm"].dm.lr_img
+  # seed, data_dir and progress are one field for every stage
+  config.seed = 7
+  config.data_dir = "/data"
+  assert config.experts.seed == config.analysis.seed == config.distill.kip.seed == 7
+  assert config.distill.mtt.data_dir == config.analysis.data_dir == "/data"
+
+
+def test_bad_configs_fail_before_any_work(tmp_path):
+  with pytest.raises(reproduce.ReproductionConfigError, match="no config.distill section"):
+    reproduce.run_reproduction(_config(methods="dm,nope"), str(tmp_path / "a"))
+  with pytest.raises(reproduce.ReproductionConfigError, match="unknown analyses"):
+    reproduce.run_reproduction(_config(analyses="pixels,nope"), str(tmp_path / "b"))
+  config = _config()
+  config.experts.num_epochs = 1
+  with pytest.raises(reproduce.ReproductionConfigError, match="expert epochs"):
+    reproduce.run_reproduction(config, str(tmp_path / "c"))
+  with pytest.raises(ValueError, match="Unknown size"):
+    reproduce_config.get_config("size=huge")
+  assert not any(os.path.exists(tmp_path / d) for d in "abc")
+
+
+def test_missing_dataset_stops_with_its_message_and_writes_nothing(tmp_path):
+  config = _config()
+  config.unlock()
+  for sub in [config, config.experts, config.analysis, *config.distill.values()]:
+    sub.dataset = "npz:" + str(tmp_path / "absent.npz")
+  with pytest.raises(data.DatasetError, match="absent.npz"):
+    reproduce.run_reproduction(config, str(tmp_path / "w"), verbose=False)
+  assert not os.path.exists(tmp_path / "w")
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+FAKE_CLAIMS = textwrap.dedent('''
+    def claims(results):
+      rows = []
+      if "pixels" in results:
+        frac = results["pixels"]["frac_outside"]
+        rows.append({"question": "Q1", "analysis": "pixels", "claim": "Pixels | leave [0, 1].",
+                     "criterion": "frac_outside >= 0.01", "paper": "DM up to 1.5",
+                     "measured": f"{frac:.2f}", "reproduced": frac >= 0.01})
+      if "agreement" in results:
+        gap = results["agreement"]["gap"]
+        rows.append({"question": "Q2", "analysis": "agreement", "claim": "Early > subset.",
+                     "paper": "all four", "measured": f"{gap:+.2f}", "reproduced": gap > 0})
+        rows.append({"question": "Q2", "analysis": "agreement", "claim": "malformed"})
+      return rows
+''')
+
+
+def _fabricated_workdir(tmp_path):
+  """A workdir with two analyses' JSON + PNGs and two distilled sets' results."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "w"
+  (workdir / "analysis").mkdir(parents=True)
+  png = lambda p: Image.fromarray(np.zeros((4, 4), np.uint8)).save(p)
+  png(workdir / "analysis" / "pixels.png")
+  png(workdir / "analysis" / "agreement_kde.png")
+  results = {
+      "pixels": {"analysis": "pixels", "paper_counterpart": "Fig. 3 left",
+                 "figures": ["pixels.png"], "seeds": [0], "frac_outside": 0.2},
+      "agreement": {"analysis": "agreement", "paper_counterpart": "Fig. 4",
+                    "figures": ["agreement_kde.png", "gone.png"], "seeds": [0, 1],
+                    "gap": -0.03}}
+  for name, res in results.items():
+    (workdir / "analysis" / f"{name}.json").write_text(json.dumps(res))
+  distilled = {}
+  for method, acc in (("random", 0.88), ("dm", 0.92)):
+    d = workdir / "distill" / method
+    d.mkdir(parents=True)
+    png(d / "synthetic.png")
+    distilled[method] = {"method": method, "dataset": "mnist5k", "ipc": 10, "iterations": 80,
+                         "distill_seconds": 12.0, "protocol_a_mean": acc, "protocol_a_std": 0.01,
+                         "protocol_a_all": [acc - 0.01, acc + 0.01], "learned_lr": None,
+                         "grid": str(d / "synthetic.png")}
+    (d / "results.json").write_text(json.dumps(distilled[method]))
+  return str(workdir), results, distilled
+
+
+def test_report_on_fabricated_results(tmp_path, monkeypatch):
+  (tmp_path / "fake_claims_mod.py").write_text(FAKE_CLAIMS)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  workdir, results, distilled = _fabricated_workdir(tmp_path)
+  timings = [{"stage": "distill", "name": "dm", "status": "ran", "wall_s": 61.0, "cpu_s": 90.0,
+              "load_start": 1.0, "load_end": 2.0, "note": ""},
+             {"stage": "analysis", "name": "pixels", "status": "skipped", "wall_s": 0.0,
+              "cpu_s": 0.0, "note": "pixels.json present", "earlier_wall_s": 5.0,
+              "earlier_cpu_s": 4.0}]
+  out = report.write_report(workdir, results=results, distilled=distilled, timings=timings,
+                            claim_modules=["fake_claims_mod", "no_such_claims_module"],
+                            failures=[{"stage": "analysis", "name": "mixing", "note": "Boom"}],
+                            expected=["pixels", "agreement", "mixing"])
+  text = open(out["path"]).read()
+
+  # One table line per valid row, in order, verdicts computed from the results.
+  rows = [line for line in text.splitlines() if re.match(r"\| \d+ \| Q\d \|", line)]
+  assert len(rows) == len(out["claims"]) == 2
+  assert rows[0].endswith("| yes |") and rows[1].endswith("| no |")
+  assert "Pixels \\| leave [0, 1]." in rows[0]        # a pipe cannot break the table
+  assert "**Claims reproduced: 1 of 2** (Q1 1/1, Q2 0/1, Q3 0/0)" in text
+  assert out["counts"]["all"] == (1, 2)
+  # Problems: the malformed row, the missing module, the listed-but-missing figure, the failure.
+  assert any("malformed row" in p and "lacks" in p for p in out["claim_problems"])
+  assert any("no_such_claims_module" in p for p in out["claim_problems"])
+  assert out["missing_figures"] == ["analysis/gone.png"]
+  assert "analysis `mixing` failed: Boom" in text and "**Incomplete:**" in text
+  # Every image link resolves, relative to report.md.
+  links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+  assert {"analysis/pixels.png", "analysis/agreement_kde.png", "distill/dm/synthetic.png",
+          "distill/random/synthetic.png"} <= set(links)
+  assert all(os.path.exists(os.path.join(workdir, link)) for link in links)
+  # Sections per question with their counterparts; the accuracy table; timings.
+  assert "## Q1: Can distilled data substitute" in text and "Fig. 4" in text
+  assert re.search(r"\| dm \| DM \| 80 \| 12 \| 0\.920 ± 0\.010 \(2 seeds\)", text)
+  assert "| distill | dm | ran | 61.0 | 90.0 |" in text and "(5 earlier)" in text
+  saved = json.load(open(os.path.join(workdir, report.CLAIMS_FILE)))
+  assert saved["counts"]["all"] == [1, 2] and len(saved["claims"]) == 2
+
+  # The same report, rebuilt from the workdir's files alone (the analysis tour's path).
+  loaded_results, loaded_distilled = report.load_workdir(workdir)
+  assert loaded_results == results and loaded_distilled == distilled
+
+
+def test_validate_claim_rejects_non_bool_verdicts():
+  row = {"question": "Q1", "analysis": "a", "claim": "c", "paper": "p", "measured": "m"}
+  assert report.validate_claim({**row, "reproduced": np.bool_(True)})["reproduced"] is True
+  for bad in (None, "yes", 1):
+    with pytest.raises(ValueError, match="expected True or False"):
+      report.validate_claim({**row, "reproduced": bad})
+  with pytest.raises(ValueError, match="question"):
+    report.validate_claim({**row, "question": "Q4", "reproduced": True})
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+# One cheap analysis per claim module (substitute, training_setup, information, semantics).
+TINY_ANALYSES = "pixels,mixing,recognition_over_training,influence"
+
+
+@pytest.mark.slow
+def test_tiny_reproduction_end_to_end_and_resume(tmp_path, monkeypatch):
+  from ddjax import analysis  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "repro")
+  config = _config(methods="random,dm,mtt", analyses=TINY_ANALYSES)
+  summary = reproduce.run_reproduction(config, workdir, verbose=False)
+
+  # Every stage ran and left its outputs.
+  ran = {(r["stage"], r["name"]) for r in summary["timings"] if r["status"] == "ran"}
+  assert {("experts", "mtt experts"), ("distill", "random"), ("distill", "dm"),
+          ("distill", "mtt"), ("report", "report.md")} <= ran
+  assert len(experts.completed_experts(os.path.join(workdir, "experts"), 2)) == 2
+  for method in ("random", "dm", "mtt"):
+    res = summary["distill"][method]
+    assert 0.0 <= res["protocol_a_mean"] <= 1.0 and res["method"] == method
+  assert sorted(summary["analysis"]) == sorted(TINY_ANALYSES.split(","))
+  assert not summary["failures"]
+
+  # The claim table holds exactly the rows the modules compute from these results.
+  expected_rows = []
+  for module in analysis.CLAIM_MODULES:
+    expected_rows += __import__(module, fromlist=["claims"]).claims(summary["analysis"])
+  assert len(expected_rows) >= 4  # at least one per module
+  text = open(os.path.join(workdir, "report.md")).read()
+  table = [line for line in text.splitlines() if re.match(r"\| \d+ \| Q\d \|", line)]
+  assert len(table) == len(expected_rows) == len(summary["claims"])
+  for line, row in zip(table, expected_rows):
+    assert f"| {row['analysis']} |" in line
+    assert line.endswith("| yes |" if row["reproduced"] else "| no |")
+  done = sum(bool(r["reproduced"]) for r in expected_rows)
+  assert f"**Claims reproduced: {done} of {len(expected_rows)}**" in text
+  links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+  figures = [f for res in summary["analysis"].values() for f in res["figures"]]
+  assert figures and all(f"analysis/{f}" in links for f in figures)
+  assert all(os.path.exists(os.path.join(workdir, link)) and link.endswith(".png")
+             for link in links)
+  assert "## Stage timings" in text and "| distill | dm | ran |" in text
+
+  # Resume: nothing is recomputed; the report is rewritten with the earlier times.
+  def refuse(*args, **kwargs):
+    raise AssertionError("a finished stage ran again")
+  monkeypatch.setattr(driver, "run_distillation", refuse)
+  monkeypatch.setattr(experts, "train_experts", refuse)
+  monkeypatch.setattr(analysis, "get_analysis", refuse)
+  again = reproduce.run_reproduction(config, workdir, verbose=False)
+  statuses = {(r["stage"], r["name"]): r["status"] for r in again["timings"]}
+  assert statuses.pop(("report", "report.md")) == "ran"
+  assert set(statuses.values()) == {"skipped"}
+  assert all("earlier_wall_s" in r for r in again["timings"]
+             if r["status"] == "skipped" and r["stage"] in ("distill", "analysis"))
+  assert len(again["claims"]) == len(expected_rows)
+  assert len(reproduce.read_timings(workdir)) == 2
+
+  # Changed inputs (here the analysis seed) rerun the analysis, not the distillation.
+  monkeypatch.undo()
+  monkeypatch.setattr(driver, "run_distillation", refuse)
+  config.analyses = "pixels"
+  config.seed = 1
+  third = reproduce.run_reproduction(config, workdir, verbose=False)
+  statuses = {(r["stage"], r["name"]): r["status"] for r in third["timings"]}
+  assert statuses[("analysis", "pixels")] == "ran" and statuses[("distill", "dm")] == "skipped"
+  assert json.load(open(os.path.join(workdir, "analysis", "pixels.json")))["seeds"][0] == 1
+
+
+def test_launcher_reports_config_errors_in_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "launch.reproduce", "--config=configs/reproduce.py:size=tiny",
+       "--config.methods=dm,nope", f"--workdir={tmp_path / 'w'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode != 0
+  assert "error: ReproductionConfigError: config.methods names ['nope']" in proc.stderr
+  assert "Traceback" not in proc.stderr

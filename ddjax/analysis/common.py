@@ -113,6 +113,25 @@ def load_analysis_data(config: ml_collections.ConfigDict, *,
   return AnalysisData(real=real, preprocessor=pre, distilled=distilled)
 
 
+def is_learned(dset: synset.DistilledSet) -> bool:
+  """A synthesised set (not the random-real baseline, which is plain real train images)."""
+  return dset.method != "random"
+
+
+def ordered_set_names(distilled: dict[str, synset.DistilledSet],
+                      method_order: tuple[str, ...]) -> list[str]:
+  """Sets of the methods in `method_order` first (in that order), then other learned
+  sets, the random-real baseline last; ties by name."""
+  def rank(name):
+    method = distilled[name].method
+    if method == "random":
+      return (2, 0, name)
+    if method in method_order:
+      return (0, method_order.index(method), name)
+    return (1, 0, name)
+  return sorted(distilled, key=rank)
+
+
 # ----------------------------------------------------------------------------- real models
 
 

@@ -82,19 +82,12 @@ def _progress(config, iterable, **kwargs):
   return iterable
 
 
-def _is_learned(dset: synset.DistilledSet) -> bool:
-  """A synthesised set (not the random-real baseline, which is plain real train images)."""
-  return dset.method != "random"
+_is_learned = common.is_learned
 
 
 def ordered_set_names(distilled: dict[str, synset.DistilledSet]) -> list[str]:
   """The paper's order (BPTT, DM, GM, TM), other learned sets, the random baseline last."""
-  def rank(name):
-    method = distilled[name].method
-    if method == "random":
-      return (2, 0, name)
-    return (0, METHOD_ORDER.index(method), name) if method in METHOD_ORDER else (1, 0, name)
-  return sorted(distilled, key=rank)
+  return common.ordered_set_names(distilled, METHOD_ORDER)
 
 
 def _selected_names(section, distilled: dict[str, synset.DistilledSet], what: str) -> list[str]:

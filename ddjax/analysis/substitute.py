@@ -65,21 +65,12 @@ def _to_dict(section) -> dict:
   return section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)
 
 
-def _is_learned(dset: synset.DistilledSet) -> bool:
-  """Synthesised (not the random-real baseline, which is plain real train images)."""
-  return dset.method != "random"
+_is_learned = common.is_learned
 
 
 def ordered_set_names(distilled: dict[str, synset.DistilledSet]) -> list[str]:
   """The paper's group order (TM, BPTT, DM, GM, ...), other learned sets, random last."""
-  def rank(name):
-    method = distilled[name].method
-    if method == "random":
-      return (2, 0, name)
-    if method in METHOD_ORDER:
-      return (0, METHOD_ORDER.index(method), name)
-    return (1, 0, name)
-  return sorted(distilled, key=rank)
+  return common.ordered_set_names(distilled, METHOD_ORDER)
 
 
 def _set_label(name: str, dset: synset.DistilledSet) -> str:

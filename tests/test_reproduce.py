@@ -182,9 +182,17 @@ def test_report_on_fabricated_results(tmp_path, monkeypatch):
   saved = json.load(open(os.path.join(workdir, report.CLAIMS_FILE)))
   assert saved["counts"]["all"] == [1, 2] and len(saved["claims"]) == 2
 
-  # The same report, rebuilt from the workdir's files alone (the analysis tour's path).
+  # The same report, rebuilt from the workdir's files alone (the analysis tour's path),
+  # with the header and set order of the reproduction's config.json.
   loaded_results, loaded_distilled = report.load_workdir(workdir)
   assert loaded_results == results and loaded_distilled == distilled
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({"dataset": "mnist5k", "ipc": 10, "size": "demo", "seed": 3, "methods": "dm,random",
+               "analyses": "all", "distill": {}}, f)
+  monkeypatch.setattr(report, "collect_claims", lambda results, modules=None: ([], []))
+  rebuilt = open(report.report_from_workdir(workdir)["path"]).read()
+  assert "size: **demo**, seed: **3**, methods: **dm, random**" in rebuilt
+  assert rebuilt.index("| dm | DM |") < rebuilt.index("| random | random real subset |")
 
 
 def test_validate_claim_rejects_non_bool_verdicts():

@@ -125,7 +125,9 @@ def _fmt_acc(res: dict) -> str:
   if mean is None:
     return "-"
   n = len(res.get("protocol_a_all") or []) or "?"
-  return f"{mean:.3f} ± {std:.3f} ({n} seed{'s' if n != 1 else ''})"
+  if n == 1:
+    return f"{mean:.3f} (1 seed)"
+  return f"{mean:.3f} ± {std:.3f} ({n} seeds)"
 
 
 def distilled_table(distilled: dict[str, dict]) -> str:
@@ -176,12 +178,18 @@ def _figure_links(figures: Iterable[str], base: str, root: str) -> tuple[list[st
 
 
 def _seeds_text(res: dict) -> str:
+  """The seeds an analysis reports, whichever of the usual keys it uses."""
   seeds = res.get("seeds")
-  if seeds is None:
-    return ""
   if isinstance(seeds, dict):
     seeds = ", ".join(f"{k}: {v}" for k, v in seeds.items())
-  return f"Seeds: {seeds}."
+  if seeds is not None:
+    return f"Seeds: {seeds}."
+  parts = []
+  if res.get("seed") is not None:
+    parts.append(f"base seed {res['seed']}")
+  if res.get("num_seeds") is not None:
+    parts.append(f"{res['num_seeds']} seeds")
+  return ("Seeds: " + ", ".join(parts) + ".") if parts else ""
 
 
 # ----------------------------------------------------------------------------- the report
@@ -360,10 +368,21 @@ def load_workdir(workdir: str) -> tuple[dict[str, dict], dict[str, dict]]:
 
 def report_from_workdir(workdir: str) -> dict[str, Any]:
   """Rebuilds `<workdir>/report.md` from the JSON files a reproduction left there."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
   from ddjax.analysis import reproduce  # pylint: disable=g-import-not-at-top
   results, distilled = load_workdir(workdir)
   if not results and not distilled:
     raise FileNotFoundError(f"{workdir} holds no analysis/<name>.json and no "
                             "distill/<method>/results.json: not a reproduction workdir.")
-  return write_report(workdir, results=results, distilled=distilled,
+  config = None
+  try:  # the reproduction's resolved config (launch/reproduce.py writes it)
+    with open(os.path.join(workdir, "config.json")) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    order = [m.strip() for m in str(config.methods).split(",")]
+    distilled = dict(sorted(distilled.items(),
+                            key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    config.analyses = ",".join(n for n in results)  # report what is there, not what is missing
+  except (OSError, ValueError, TypeError, AttributeError, KeyError):
+    config = None  # not written by launch/reproduce.py: header from the sets alone
+  return write_report(workdir, results=results, distilled=distilled, config=config,
                       timings=reproduce.timing_summary(reproduce.read_timings(workdir)))

@@ -158,12 +158,14 @@ def _epoch_batches(key: jax.Array, num_examples: int, batch_size: int) -> tuple[
   """A seeded permutation split into [num_batches, batch_size] indices and a validity mask.
 
   The last batch is partial (PyTorch drop_last=False): padded entries get weight 0,
-  so its loss is the mean over its real examples.
+  so its loss is the mean over its real examples. The padding repeats the epoch's first
+  examples (not one image `pad` times): batch-norm statistics, which see every entry of
+  the batch, then come from a random batch rather than from copies of one image.
   """
   num_batches = -(-num_examples // batch_size)
   perm = jax.random.permutation(key, num_examples)
   pad = num_batches * batch_size - num_examples
-  idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(num_batches, batch_size)
+  idx = jnp.concatenate([perm, jnp.resize(perm, (pad,))]).reshape(num_batches, batch_size)
   mask = (jnp.arange(num_batches * batch_size) < num_examples).reshape(num_batches, batch_size)
   return idx, mask.astype(jnp.float32)
 

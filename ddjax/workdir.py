@@ -42,6 +42,8 @@ def _to_python(value: Any) -> Any:
   if arr.ndim == 0:
     item = arr.item()
     return item if not isinstance(item, float) or np.isfinite(item) else str(item)
+  if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+    return [_to_python(v) for v in arr]  # "nan" / "inf" strings, never bare NaN in JSON
   return arr.tolist()
 
 

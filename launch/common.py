@@ -39,3 +39,25 @@ def run_reporting_errors(fn, *args, **kwargs):
   except user_errors as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"error: {type(e).__name__}: {e}")
+  except (ValueError, KeyError, TypeError) as e:
+    # ddjax's own validation (an unknown model, method or size, a bad config value) raises
+    # these with a message that names the problem; the same types raised inside JAX or a
+    # library are bugs and keep their stack trace.
+    if not _raised_by_ddjax(e):
+      raise
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(f"error: {type(e).__name__}: {e}")
+
+
+_OWN_DIRS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d)
+                  + os.sep for d in ("ddjax", "configs", "launch"))
+
+
+def _raised_by_ddjax(error: BaseException) -> bool:
+  """True when the innermost frame of the traceback is ddjax's (or a config's) code."""
+  tb = error.__traceback__
+  if tb is None:
+    return False
+  while tb.tb_next is not None:
+    tb = tb.tb_next
+  return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_OWN_DIRS)

@@ -109,3 +109,12 @@ def test_harness_reference_computes_the_same_hvp(tmp_path):
   assert abs(d["check_vhv"] - r["check_vhv"]) <= 1e-3 * abs(r["check_vhv"])
   assert r["threads"] == 1 and r["peak_rss_mb"] > 50
   assert "| hvp |" in stdout
+
+
+def test_profile_metagrad_ablation_specs():
+  from benchmarks import profile_metagrad
+  assert profile_metagrad.parse_ablation("base") == {}
+  assert profile_metagrad.parse_ablation("remat=off+norm=none") == {"remat": "off", "norm": "none"}
+  assert profile_metagrad.fusion_kind("bitcast_select_fusion.3") == "bitcast_select_fusion"
+  with pytest.raises(ValueError, match="Bad ablation 'width=8'"):
+    profile_metagrad.parse_ablation("width=8")

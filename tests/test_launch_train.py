@@ -56,3 +56,26 @@ def test_train_resume_and_errors(tmp_path):
   assert bad.returncode != 0
   assert "error: DatasetError: Unknown dataset 'not_a_dataset'" in bad.stderr
   assert "Traceback" not in bad.stderr
+
+
+def test_run_reporting_errors_names_ddjax_errors_and_keeps_library_traces():
+  import jax.numpy as jnp
+  from ddjax import models
+  from launch import common
+  with pytest.raises(SystemExit, match="error: ValueError: Unknown model"):
+    common.run_reporting_errors(models.get_model, "not_a_model", 10)
+  # A shape bug inside JAX is not a user error: its own exception and trace survive.
+  with pytest.raises(TypeError):
+    common.run_reporting_errors(lambda: jnp.ones(3) @ jnp.ones((4, 2)))
+
+
+def test_metric_writer_writes_strict_json_for_non_finite_arrays(tmp_path):
+  import json
+  import numpy as np
+  from ddjax import workdir
+  writer = workdir.MetricWriter(str(tmp_path))
+  writer.write(1, loss=float("nan"), per_seed=np.array([0.5, np.nan, np.inf]), grid=np.ones((2, 2)))
+  line = open(writer.path).read().strip()
+  record = json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+  assert record["loss"] == "nan" and record["per_seed"] == [0.5, "nan", "inf"]
+  assert record["grid"] == [[1.0, 1.0], [1.0, 1.0]]

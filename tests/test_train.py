@@ -89,6 +89,11 @@ def test_epoch_batches_cover_each_example_once_with_partial_last_batch():
   chex.assert_shape(idx, (3, 4))
   np.testing.assert_array_equal(mask.sum(1), [4, 4, 2])
   np.testing.assert_array_equal(np.sort(np.asarray(idx)[np.asarray(mask) > 0]), np.arange(10))
+  # The padding (what batch norm sees beside the real entries) is distinct real examples.
+  padding = np.asarray(idx)[np.asarray(mask) == 0]
+  assert len(set(padding.tolist())) == len(padding) == 2
+  idx, mask = train._epoch_batches(KEY, 3, 8)  # a batch bigger than the data: cycles
+  np.testing.assert_array_equal(np.sort(np.bincount(np.asarray(idx).ravel(), minlength=3)), [2, 3, 3])
 
 
 def test_protocol_b_minibatch_history_and_resume_sequence():

@@ -21,13 +21,11 @@ Cases alternate JAX / torch so that load from other processes hits both alike.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import statistics
 import subprocess
 import sys
-import time
 
 from absl import app, flags
 
@@ -58,45 +56,10 @@ def sizes(method: str) -> dict:
 
 
 def _jax_case(method: str, variant: str, width: int, repeats: int) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp
-  from jax.flatten_util import ravel_pytree
-  from ddjax import models
-  from ddjax.distill import base, get_method
-  from configs.distill import bptt as bptt_cfg, mtt as mtt_cfg
-
-  config = (mtt_cfg if method == "mtt" else bptt_cfg).get_config("dataset=mnist5k,ipc=10")
-  config.model_kwargs.width = width
-  hp = config[method]
-  if method == "bptt":  # time the differentiated window (see sizes())
-    hp.update(inner_steps=sizes(method)["steps"], window=0)
-  hp.remat = variant != "noremat"
-  hp.remat_policy = "dots" if variant == "dots" else "nothing"
-  key = jax.random.PRNGKey(0)
-  per_class = max(hp.get("real_per_class", 0), config.ipc)
-  y = jnp.repeat(jnp.arange(10), per_class)
-  real = base.make_real_data(jax.random.normal(key, (len(y), 28, 28, 1)), y, 10)
-  module = get_method(method)
-  aux = None
-  if method == "mtt":
-    model = models.get_model(config.model, 10, **config.model_kwargs)
-    flat = ravel_pytree(models.init_variables(model, key, (1, 28, 28, 1))["params"])[0]
-    snaps = hp.max_start_epoch + hp.expert_epochs
-    aux = module.ExpertTrajectories(
-        params=flat + 0.01 * jnp.arange(snaps)[None, :, None] * jnp.ones((2, 1, flat.size)))
-  state = module.init_state(config, key, real, aux)
-  step = jax.jit(functools.partial(module.distill_step, config), donate_argnums=(0,))
-  t0 = time.perf_counter()
-  state, _ = step(state, jax.random.PRNGKey(1), real, aux)
-  jax.block_until_ready(state.images)
-  first = time.perf_counter() - t0
-  times = []
-  for i in range(repeats):
-    t0 = time.perf_counter()
-    state, _ = step(state, jax.random.PRNGKey(i + 2), real, aux)
-    jax.block_until_ready(state.images)
-    times.append(time.perf_counter() - t0)
-  return {"median_s": statistics.median(times), "times_s": times, "first_s": first}
+  from benchmarks import profile_metagrad  # pylint: disable=g-import-not-at-top
+  remat = {"remat": "nothing", "noremat": "off", "dots": "dots"}[variant]
+  step, state, real, aux = profile_metagrad.make_step(method, width, remat=remat)
+  return profile_metagrad.time_step(step, state, real, aux, repeats)[0]
 
 
 def _run(cmd: list[str]) -> dict:

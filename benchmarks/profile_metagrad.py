@@ -91,17 +91,20 @@ def make_step(method: str, width: int, remat: str | None = None, norm: str | Non
   return step, state, real, aux
 
 
-def time_step(step, state, real, aux, repeats: int) -> tuple[float, object]:
+def time_step(step, state, real, aux, repeats: int) -> tuple[dict, object]:
+  """({median_s, times_s, first_s (compilation included)}, the state after the last call)."""
   import jax  # pylint: disable=g-import-not-at-top
-  state, _ = step(state, jax.random.PRNGKey(1), real, aux)  # compiles
+  t0 = time.perf_counter()
+  state, _ = step(state, jax.random.PRNGKey(1), real, aux)
   jax.block_until_ready(state.images)
+  first = time.perf_counter() - t0
   times = []
   for i in range(repeats):
     t0 = time.perf_counter()
     state, _ = step(state, jax.random.PRNGKey(i + 2), real, aux)
     jax.block_until_ready(state.images)
     times.append(time.perf_counter() - t0)
-  return statistics.median(times), state
+  return {"median_s": statistics.median(times), "times_s": times, "first_s": first}, state
 
 
 def kernel_profile(step, state, real, aux, repeats: int) -> tuple[collections.Counter, int]:
@@ -141,8 +144,8 @@ def main(argv):
   base_step = None
   for spec in FLAGS.ablations:
     step, state, real, aux = make_step(FLAGS.method, FLAGS.width, **parse_ablation(spec))
-    seconds, state = time_step(step, state, real, aux, FLAGS.repeats)
-    print(f"  {spec:28s} {seconds:8.3f} s", flush=True)
+    timing, state = time_step(step, state, real, aux, FLAGS.repeats)
+    print(f"  {spec:28s} {timing['median_s']:8.3f} s", flush=True)
     if spec == "base":
       base_step = (step, state, real, aux)
   if FLAGS.profile:

@@ -36,15 +36,13 @@ def run_reporting_errors(fn, *args, **kwargs):
                  distill.DistillationDiverged, distill.DistilledSetError)
   try:
     return fn(*args, **kwargs)
-  except user_errors as e:
-    logging.error("%s: %s", type(e).__name__, e)
-    sys.exit(f"error: {type(e).__name__}: {e}")
-  except (ValueError, KeyError, TypeError) as e:
-    # ddjax's own validation (an unknown model, method or size, a bad config value) raises
-    # these with a message that names the problem; the same types raised inside JAX or a
-    # library are bugs and keep their stack trace.
-    if not _raised_by_ddjax(e):
+  except Exception as e:  # pylint: disable=broad-except
+    # A ValueError from ddjax's own validation (an unknown model, method or size, a bad
+    # config value) names the problem too; a ValueError from inside JAX or a library, and
+    # every other exception, is a bug and keeps its stack trace.
+    if not isinstance(e, user_errors) and not (isinstance(e, ValueError) and _raised_by_ddjax(e)):
       raise
+    logging.debug("traceback of the reported error (--verbosity=1 shows it)", exc_info=True)
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"error: {type(e).__name__}: {e}")
 

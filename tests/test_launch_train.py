@@ -67,6 +67,8 @@ def test_run_reporting_errors_names_ddjax_errors_and_keeps_library_traces():
   # A shape bug inside JAX is not a user error: its own exception and trace survive.
   with pytest.raises(TypeError):
     common.run_reporting_errors(lambda: jnp.ones(3) @ jnp.ones((4, 2)))
+  with pytest.raises(ValueError, match="equal division"):  # raised inside JAX, not by ddjax
+    common.run_reporting_errors(lambda: jnp.split(jnp.ones(3), 2))
 
 
 def test_metric_writer_writes_strict_json_for_non_finite_arrays(tmp_path):

@@ -132,6 +132,18 @@ def ordered_set_names(distilled: dict[str, synset.DistilledSet],
   return sorted(distilled, key=rank)
 
 
+def claim_rows(results: dict[str, dict], builders: dict[str, Any]) -> list[dict[str, Any]]:
+  """The claim-table rows of the analyses present in `results`, in `builders`' order.
+
+  builders: analysis name -> function of that analysis's JSON returning its rows.
+  """
+  rows = []
+  for name, build in builders.items():
+    if results.get(name):
+      rows += build(results[name])
+  return rows
+
+
 # ----------------------------------------------------------------------------- real models
 
 

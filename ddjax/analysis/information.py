@@ -1228,11 +1228,6 @@ def _curvature_claims(res: dict) -> list[dict]:
 
 def claims(results: dict[str, dict]) -> list[dict[str, Any]]:
   """Report rows for agreement, recognition_over_training and curvature_over_training."""
-  rows = []
-  if "agreement" in results:
-    rows += _agreement_claims(results["agreement"])
-  if "recognition_over_training" in results:
-    rows += _recognition_claims(results["recognition_over_training"])
-  if "curvature_over_training" in results:
-    rows += _curvature_claims(results["curvature_over_training"])
-  return rows
+  return common.claim_rows(results, {"agreement": _agreement_claims,
+                                     "recognition_over_training": _recognition_claims,
+                                     "curvature_over_training": _curvature_claims})

@@ -1008,11 +1008,6 @@ def _coherence_claims(res: dict) -> list[dict]:
 
 def claims(results: dict[str, dict]) -> list[dict[str, Any]]:
   """Report rows for influence, influence_approx and coherence (those present)."""
-  rows = []
-  if "influence" in results:
-    rows += _influence_claims(results["influence"])
-  if "influence_approx" in results:
-    rows += _approx_claims(results["influence_approx"])
-  if "coherence" in results:
-    rows += _coherence_claims(results["coherence"])
-  return rows
+  return common.claim_rows(results, {"influence": _influence_claims,
+                                     "influence_approx": _approx_claims,
+                                     "coherence": _coherence_claims})

@@ -813,11 +813,5 @@ def _pixel_claims(res: dict) -> list[dict]:
 
 def claims(results: dict[str, dict]) -> list[dict[str, Any]]:
   """Report rows for recognition, embedding and pixels (those present in `results`)."""
-  rows = []
-  if "recognition" in results:
-    rows += _recognition_claims(results["recognition"])
-  if "embedding" in results:
-    rows += _embedding_claims(results["embedding"])
-  if "pixels" in results:
-    rows += _pixel_claims(results["pixels"])
-  return rows
+  return common.claim_rows(results, {"recognition": _recognition_claims,
+                                     "embedding": _embedding_claims, "pixels": _pixel_claims})

@@ -132,6 +132,36 @@ def ordered_set_names(distilled: dict[str, synset.DistilledSet],
   return sorted(distilled, key=rank)
 
 
+def array_digest(*arrays) -> str:
+  """A short hash of arrays' shapes, dtypes and bytes: the key of a result cache."""
+  h = hashlib.sha1()
+  for a in arrays:
+    a = np.ascontiguousarray(np.asarray(a))
+    h.update(str((a.shape, a.dtype.str)).encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
+
+
+def read_npz(path: str) -> dict[str, np.ndarray] | None:
+  """A cache file's arrays, or None if it is missing or unreadable (e.g. a kill mid-write:
+  the entry is then recomputed and rewritten)."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def write_npz(path: str, **arrays) -> None:
+  """Writes atomically (temporary file, then rename), so a kill never leaves half a file."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+  os.replace(tmp, path)
+
+
 def claim_rows(results: dict[str, dict], builders: dict[str, Any]) -> list[dict[str, Any]]:
   """The claim-table rows of the analyses present in `results`, in `builders`' order.
 

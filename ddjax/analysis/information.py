@@ -143,15 +143,6 @@ def _data_fields(config, real: data.ImageDataset) -> dict:
           "test_per_class": config.get("test_per_class", 0), "seed": int(config.seed)}
 
 
-def _digest(*arrays) -> str:
-  h = hashlib.sha1()
-  for a in arrays:
-    a = np.ascontiguousarray(np.asarray(a))
-    h.update(str((a.shape, a.dtype.str)).encode())
-    h.update(a.tobytes())
-  return h.hexdigest()[:16]
-
-
 def _cache_path(workdir: str, stem: str, payload: dict) -> str:
   text = json.dumps(payload, sort_keys=True, default=str)
   safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
@@ -159,28 +150,11 @@ def _cache_path(workdir: str, stem: str, payload: dict) -> str:
                       f"{safe}-{hashlib.sha1(text.encode()).hexdigest()[:12]}.npz")
 
 
-def _load_npz(path: str) -> dict[str, np.ndarray] | None:
-  if not os.path.exists(path):
-    return None
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
-  except Exception:  # pylint: disable=broad-except
-    return None  # a corrupt cache entry is recomputed and rewritten
-
-
-def _save_npz(path: str, **arrays) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-  os.replace(tmp, path)
-
-
 def _cached(path: str, compute) -> dict[str, np.ndarray]:
-  got = _load_npz(path)
+  got = common.read_npz(path)
   if got is None:
     got = {k: np.asarray(v) for k, v in compute().items()}
-    _save_npz(path, **got)
+    common.write_npz(path, **got)
   return got
 
 
@@ -449,9 +423,10 @@ def run_agreement(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dist_fields = {**base, "steps": int(pa.steps), "lr": float(pa.learning_rate),
                  "momentum": float(pa.momentum), "seeds": num_dist}
   paths = {n: _cache_path(workdir, f"agreement_distilled_{n}",
-                          {**dist_fields, "set": _digest(distilled[n].images, distilled[n].labels)})
+                          {**dist_fields,
+                           "set": common.array_digest(distilled[n].images, distilled[n].labels)})
            for n in names}
-  dist_out = {n: _load_npz(paths[n]) for n in names}
+  dist_out = {n: common.read_npz(paths[n]) for n in names}
   todo = [n for n in names if dist_out[n] is None]
   groups: dict[tuple, list[str]] = {}
   for n in todo:
@@ -468,7 +443,7 @@ def run_agreement(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for i, n in enumerate(group):
       dist_out[n] = {"predictions": preds[i * num_dist:(i + 1) * num_dist],
                      "accuracy": accs[i * num_dist:(i + 1) * num_dist]}
-      _save_npz(paths[n], **dist_out[n])
+      common.write_npz(paths[n], **dist_out[n])
 
   # 2. Subset-trained pool: one vmapped call per subset size.
   class_count = int(np.bincount(real.y_train, minlength=real.num_classes).min())
@@ -734,8 +709,8 @@ def run_recognition_over_training(config: ml_collections.ConfigDict, workdir: st
 
   got = _cached(_cache_path(workdir, "recognition_over_training", {
       **_data_fields(config, real), **_model_fields(config, "real_model"),
-      "epochs": int(section.epochs), "seeds": seeds, "test": _digest(x_test, y_test),
-      "sets": [_digest(distilled[n].images, distilled[n].hard_labels) for n in names],
+      "epochs": int(section.epochs), "seeds": seeds, "test": common.array_digest(x_test, y_test),
+      "sets": [common.array_digest(distilled[n].images, distilled[n].hard_labels) for n in names],
       "lr": float(rm.learning_rate), "momentum": float(rm.momentum),
       "batch_size": int(rm.batch_size)}), compute)
   acc, loss = np.asarray(got["accuracy"], np.float64), np.asarray(got["loss"], np.float64)
@@ -990,7 +965,8 @@ def run_curvature_over_training(config: ml_collections.ConfigDict, workdir: str)
               "num_probes": [e.num_probes for e in est]}
 
     raw[(name, s)] = _cached(_cache_path(workdir, f"curvature_{name}_run{s}", {
-        **base, "run": s, "iterations": its.tolist(), "data": _digest(xd, yd)}), compute)
+        **base, "run": s, "iterations": its.tolist(),
+        "data": common.array_digest(xd, yd)}), compute)
 
   # The paper smooths every iteration with 0.9; over states `stride` iterations apart the
   # same time constant (in iterations) is decay ** stride per state.
@@ -1055,7 +1031,7 @@ def run_curvature_over_training(config: ml_collections.ConfigDict, workdir: str)
 
       got = _cached(_cache_path(workdir, f"curvature_spectrum_{name}_{t}", {
           **base, "iteration": t, "slq": [int(section.slq_probes), int(section.slq_iters)],
-          "data": _digest(xd, yd)}), compute_spec)
+          "data": common.array_digest(xd, yd)}), compute_spec)
       nodes, weights = np.asarray(got["nodes"]), np.asarray(got["weights"])
       moments = np.mean(np.sum(weights[..., None] * nodes[..., None] ** np.array([1, 2]), 1), 0)
       spectra.setdefault(str(t), {})[name] = {

@@ -30,7 +30,6 @@ Positive means removing distilled image i raises the loss on test image t, i.e. 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import time
@@ -284,15 +283,6 @@ def _is_control(dset: synset.DistilledSet) -> bool:
   return dset.method == "random"
 
 
-def _sha1(*arrays) -> str:
-  h = hashlib.sha1()
-  for a in arrays:
-    a = np.ascontiguousarray(a)
-    h.update(str((a.shape, a.dtype.str)).encode())
-    h.update(a.tobytes())
-  return h.hexdigest()[:16]
-
-
 def test_pool_indices(config: ml_collections.ConfigDict, real: data.ImageDataset) -> np.ndarray:
   """Indices into the loaded real test split: config.influence.test_per_class per class."""
   per_class = int(config.influence.test_per_class or 0)
@@ -351,30 +341,15 @@ def leave_one_out(model, variables, x, y, x_test, y_test, rows,
 
 def _influence_signature(config, name, dset, real, rows, test_idx, model_kwargs) -> str:
   pa = config.protocol_a
-  sig = {"set": name, "images": _sha1(dset.images), "labels": _sha1(dset.labels),
-         "dataset": real.name, "test": _sha1(test_idx, real.y_test[test_idx],
+  sig = {"set": name, "images": common.array_digest(dset.images),
+         "labels": common.array_digest(dset.labels),
+         "dataset": real.name, "test": common.array_digest(test_idx, real.y_test[test_idx],
                                              real.x_test[test_idx[:50]]),
          "rows": np.asarray(rows).tolist(), "model": config.model,
          "model_kwargs": {k: v for k, v in sorted(model_kwargs.items())},
          "steps": int(pa.steps), "learning_rate": float(pa.learning_rate),
          "momentum": float(pa.momentum), "seed": int(config.seed)}
   return json.dumps(sig, sort_keys=True, default=str)
-
-
-def _read_npz(path: str) -> dict[str, np.ndarray] | None:
-  if not os.path.exists(path):
-    return None
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
-  except Exception:  # pylint: disable=broad-except
-    return None  # unreadable (e.g. a kill mid-write): recompute
-
-
-def _write_npz(path: str, **arrays) -> None:
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
 
 
 def exact_influence(config: ml_collections.ConfigDict, workdir: str, name: str,
@@ -389,7 +364,7 @@ def exact_influence(config: ml_collections.ConfigDict, workdir: str, name: str,
   rows, test_idx = loo_rows(config, dset), test_pool_indices(config, real)
   signature = _influence_signature(config, name, dset, real, rows, test_idx, kwargs)
   path = os.path.join(workdir, INFLUENCE_FILE.format(name))
-  saved = _read_npz(path)
+  saved = common.read_npz(path)
   if saved is not None and str(saved.get("signature")) == signature:
     return {**saved, "resumed": True}
   pa, sec = config.protocol_a, config.influence
@@ -411,7 +386,7 @@ def exact_influence(config: ml_collections.ConfigDict, workdir: str, name: str,
          "params_flat": np.asarray(ravel_pytree(jax.device_get(loo.variables_all))[0]),
          "seconds": np.asarray(seconds), "signature": np.asarray(signature)}
   os.makedirs(workdir, exist_ok=True)
-  _write_npz(path, **out)
+  common.write_npz(path, **out)
   return {**out, "resumed": False}
 
 
@@ -655,7 +630,7 @@ def _approx_for_set(config, workdir, name, dset, real, res) -> dict[str, Any]:
   signature = json.dumps({"exact": str(res["signature"]), "solver": solver, "seed": config.seed},
                          sort_keys=True, default=str)
   path = os.path.join(workdir, APPROX_FILE.format(name))
-  saved = _read_npz(path)
+  saved = common.read_npz(path)
   if saved is not None and str(saved.get("signature")) == signature:
     meta = json.loads(str(saved["meta"]))
     return {"meta": meta, "matrices": {m: saved[f"approx_{m}"] for m in methods
@@ -692,7 +667,7 @@ def _approx_for_set(config, workdir, name, dset, real, res) -> dict[str, Any]:
     meta["methods"][method] = {"seconds": time.perf_counter() - start,
                                "info": _method_info(out.info)}
   os.makedirs(workdir, exist_ok=True)
-  _write_npz(path, signature=np.asarray(signature),
+  common.write_npz(path, signature=np.asarray(signature),
              meta=np.asarray(json.dumps(meta, default=float)),
              **{f"approx_{m}": v for m, v in matrices.items()})
   return {"meta": meta, "matrices": matrices, "resumed": False}
@@ -862,7 +837,7 @@ def run_coherence(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   for name in tqdm(names, desc="coherence", disable=not config.progress):
     dset = adata.distilled[name]
     res = exact_influence(config, workdir, name, dset, real)
-    pool_key = _sha1(res["test_indices"])
+    pool_key = common.array_digest(res["test_indices"])
     if pool_key not in features_cache:  # every set shares one pool unless configs differ
       features_cache[pool_key] = embed_features(feat_model, feat_vars,
                                                 real.x_test[res["test_indices"]],

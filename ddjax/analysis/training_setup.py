@@ -372,15 +372,6 @@ def _key_array(keys) -> np.ndarray:
   return np.asarray(keys)
 
 
-def _fingerprint(*arrays) -> str:
-  h = hashlib.sha1()
-  for a in arrays:
-    a = np.ascontiguousarray(a)
-    h.update(str((a.shape, a.dtype.str)).encode())
-    h.update(a.tobytes())
-  return h.hexdigest()[:16]
-
-
 class _RunCache:
   """Per-seed results of finished (set, setup) runs, in `<workdir>/training_setup_runs.json`.
 
@@ -401,8 +392,8 @@ class _RunCache:
   @staticmethod
   def key(setup: TrainingSetup, keys, x, y, x_test, y_test) -> str:
     text = json.dumps(setup.describe(), sort_keys=True, default=str)
-    return hashlib.sha1((text + _fingerprint(_key_array(keys), x, y, x_test, y_test)
-                         ).encode()).hexdigest()
+    data_digest = common.array_digest(_key_array(keys), x, y, x_test, y_test)
+    return hashlib.sha1((text + data_digest).encode()).hexdigest()
 
   def get(self, key: str):
     return self.runs.get(key)

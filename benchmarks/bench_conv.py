@@ -1,4 +1,4 @@
-r"""CPU second-order conv benchmark: XLA conv vs im2col (vs PyTorch), side by side.
+r"""CPU second-order conv benchmark: XLA conv vs im2col vs hybrid (vs PyTorch), side by side.
 
 The computation (the one DEVELOPERS.md measured): the meta-gradient, with respect to
 100 synthetic images, of the loss of a ConvNet after `--unroll` SGD steps on those
@@ -24,7 +24,8 @@ import time
 from absl import app, flags
 
 _WIDTHS = flags.DEFINE_list("widths", ["32", "128"], "ConvNet widths.")
-_IMPLS = flags.DEFINE_list("impls", ["im2col", "xla", "torch"], "Implementations to compare.")
+_IMPLS = flags.DEFINE_list("impls", ["im2col", "hybrid", "xla", "torch"],
+                           "Implementations to compare.")
 _UNROLL = flags.DEFINE_integer("unroll", 2, "Unrolled SGD steps.")
 _N = flags.DEFINE_integer("n", 100, "Synthetic images (28x28x1).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).")

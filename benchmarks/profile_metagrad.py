@@ -7,7 +7,7 @@ The step is the real jitted `distill_step` of the mnist5k IPC-10 config (ConvNet
 BPTT: its 20-step differentiated window, as benchmarks/bench_metagrad.py), on random
 stand-in data (timing does not depend on the values). Each ablation overrides one thing:
 `remat=off|nothing|dots|everything`, `norm=<ddjax.models.layers.NORMS>`,
-`conv=im2col|xla`, or several joined by `+`; `base` is the config as it is. Prints the
+`conv=im2col|hybrid|xla`, or several joined by `+`; `base` is the config as it is. Prints the
 median of --repeats iterations after one compiling call, per ablation, in one process
 (so they share the machine's load). --profile traces `base` with `jax.profiler` and sums
 XLA:CPU's per-kernel events by fusion kind (needs TensorFlow's xplane proto, which

@@ -52,8 +52,9 @@ _TORCH_PYTHON = flags.DEFINE_string("torch_python", ".bench-venv/bin/python",
 _THREADS = flags.DEFINE_integer(
     "threads", 0, "CPU threads: 0 = every core on both sides (XLA's default; PyTorch "
     "set_num_threads(cores)); 1 = both sides single-threaded (XLA with "
-    "--xla_cpu_multi_thread_eigen=false), the fair setting on a machine shared with other "
-    "jobs, where multi-threaded runs wait on each other's threads; N > 1: PyTorch N, XLA all.")
+    "--xla_cpu_multi_thread_eigen=false, both pinned to one core), the fair setting on a "
+    "machine shared with other jobs, where multi-threaded runs wait on each other's "
+    "threads; N > 1: PyTorch N, XLA all.")
 _TIMEOUT = flags.DEFINE_integer("timeout", 1800, "Seconds per side before it is stopped.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,12 +64,17 @@ SCRIPT_ARGS = {"torch_refs.py": ("data", "repeats", "warmup", "threads"),
                "torch_metagrad.py": ("repeats", "threads")}
 
 
-def run_child(cmd: list[str], timeout: float, env: dict | None = None) -> dict:
+def run_child(cmd: list[str], timeout: float, env: dict | None = None,
+              cpus: set[int] | None = None) -> dict:
   """Runs cmd; returns its exit code, output, wall time and peak RSS (MB, from wait4).
 
   Linux starts a spawned child's maximum RSS at its parent's (exec records the mm it
   replaces), so the caller must stay small: this binary never imports JAX itself.
+  `cpus` pins the child to those cores (sched_setaffinity), e.g. one core for --threads=1.
   """
+  if cpus:  # a trampoline, not preexec_fn (unsafe after fork in a threaded parent)
+    cmd = [sys.executable, "-c", "import os, sys; os.sched_setaffinity(0, "
+           f"{sorted(cpus)}); os.execvp(sys.argv[1], sys.argv[1:])", *cmd]
   with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err)
@@ -167,6 +173,14 @@ def note_for(case: str, ddjax: dict, reference: dict | None) -> str:
   return "; ".join(parts)
 
 
+def single_core(threads: int) -> set[int] | None:
+  """--threads=1 pins both sides to one core: XLA:CPU splits large loop fusions over its
+  own thread pool even with Eigen single-threaded, so the flag alone is not one thread."""
+  if threads != 1 or not hasattr(os, "sched_getaffinity"):
+    return None
+  return {min(os.sched_getaffinity(0))}
+
+
 def jax_env(threads: int) -> dict:
   """The ddjax child's environment; threads=1 turns off XLA:CPU's multi-threaded Eigen."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
@@ -184,7 +198,7 @@ def run_benchmark(case: str, size: str, repeats: int, warmup: int, torch_python:
   cmd = [sys.executable, "-m", "benchmarks.suite", case, f"--size={size}", f"--workdir={workdir}",
          f"--repeats={repeats}", f"--warmup={warmup}"]
   row = {"benchmark": case, "ddjax_command": shlex.join(cmd)}
-  child = run_child(cmd, timeout, env)
+  child = run_child(cmd, timeout, env, single_core(threads))
   ddjax = _last_json(child["stdout"]) if child["returncode"] == 0 else None
   if ddjax is None:
     row["ddjax_error"] = _failure(child, timeout)
@@ -199,7 +213,7 @@ def run_benchmark(case: str, size: str, repeats: int, warmup: int, torch_python:
   else:
     rcmd = reference_command(torch_python, ref, workdir, repeats, warmup, threads)
     row["reference_command"] = shlex.join(rcmd)
-    rchild = run_child(rcmd, timeout)
+    rchild = run_child(rcmd, timeout, cpus=single_core(threads))
     result = None
     if rchild["returncode"] == 0:
       if "out" in ref and os.path.exists(ref["out"]):

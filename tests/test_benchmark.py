@@ -118,3 +118,13 @@ def test_profile_metagrad_ablation_specs():
   assert profile_metagrad.fusion_kind("bitcast_select_fusion.3") == "bitcast_select_fusion"
   with pytest.raises(ValueError, match="Bad ablation 'width=8'"):
     profile_metagrad.parse_ablation("width=8")
+
+
+def test_single_thread_mode_pins_children_to_one_core():
+  assert benchmark.single_core(0) is None and benchmark.single_core(2) is None
+  cpus = benchmark.single_core(1)
+  assert cpus is not None and len(cpus) == 1
+  child = benchmark.run_child(
+      [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"], 60, cpus=cpus)
+  assert child["returncode"] == 0, child["stderr"]
+  assert child["stdout"].strip() == str(sorted(cpus))

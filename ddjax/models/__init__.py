@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from ddjax.models.alexnet import AlexNet
 from ddjax.models.convnet import ConvNet
-from ddjax.models.layers import Conv2D, Dense, Norm, conv2d_im2col, conv2d_xla, resolve_conv_impl
+from ddjax.models.layers import Conv2D, Dense, Norm, conv2d_hybrid, conv2d_im2col, conv2d_xla, resolve_conv_impl
 from ddjax.models.resnet import ResNet, ResNet18, ResNet34
 from ddjax.models.vgg import VGG
 
@@ -58,6 +58,6 @@ def count_params(params: Any) -> int:
 
 __all__ = [
     "AlexNet", "Conv2D", "ConvNet", "Dense", "MODEL_NAMES", "Norm", "ResNet", "ResNet18",
-    "ResNet34", "VGG", "canonical_model_name", "conv2d_im2col", "conv2d_xla", "count_params",
-    "get_model", "init_variables", "resolve_conv_impl",
+    "ResNet34", "VGG", "canonical_model_name", "conv2d_hybrid", "conv2d_im2col", "conv2d_xla",
+    "count_params", "get_model", "init_variables", "resolve_conv_impl",
 ]

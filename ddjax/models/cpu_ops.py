@@ -16,8 +16,9 @@ other, so forward, first, second and higher derivatives only ever contain:
 Both primitives are bilinear (`ad.defbilinear`), so jvp, vjp, linearize and
 `linear_transpose` all work (forward-over-reverse HVPs included), and they have
 batching rules: a vmap over inputs only folds into the batch; a vmap over kernels (e.g.
-independent retrains) runs the im2col form under vmap. Benchmarks and tests compare it
-with `conv2d_im2col` and `lax.conv_general_dilated`.
+independent retrains) runs `conv2d_im2col` (defined here, shifted slices and one matmul;
+also `Conv2D(impl="im2col")` and the strided convs) under vmap. Tests compare all three
+with `lax.conv_general_dilated`.
 
 Spatial sums: XLA:CPU runs a reduction as one serial scalar add chain (~0.5 ms for the
 [20, 32, 32, 32] -> [20, 32] sums of an instance norm, ~20x PyTorch), while a batched
@@ -72,19 +73,30 @@ def _conv_impl(x: Array, w: Array, *, padding: Padding) -> Array:
 
 
 def _patches(x: Array, kernel_size: tuple[int, int], padding: Padding,
-             out_hw: tuple[int, int]) -> Array:
-  """[N, Ho, Wo, kh*kw*C] patches, channel order (i, j, c) as kernel.reshape(-1, O)."""
-  (kh, kw), (ho, wo) = kernel_size, out_hw
+             strides: tuple[int, int] = (1, 1)) -> Array:
+  """[N, Ho, Wo, kh*kw*C] patches of padded x, channel order (i, j, c) as
+  kernel.reshape(kh*kw*C, O)."""
+  (kh, kw), (sh, sw) = kernel_size, strides
   xp = _pad(x, padding)
-  return jnp.concatenate(
-      [xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
+  ho = (xp.shape[1] - kh) // sh + 1
+  wo = (xp.shape[2] - kw) // sw + 1
+  taps = [xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :]
+          for i in range(kh) for j in range(kw)]
+  return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+
+
+def conv2d_im2col(x: Array, kernel: Array, strides: tuple[int, int],
+                  padding: Padding) -> Array:
+  """NHWC x HWIO convolution as shifted slices plus one matmul (any stride)."""
+  kh, kw, cin, cout = kernel.shape
+  return _patches(x, (kh, kw), padding, strides) @ kernel.reshape(kh * kw * cin, cout)
 
 
 def _kernel_grad_im2col(x: Array, g: Array, *, padding: Padding,
                         kernel_size: tuple[int, int]) -> Array:
   kh, kw = kernel_size
   cin, cout = x.shape[-1], g.shape[-1]
-  patches = _patches(x, kernel_size, padding, g.shape[1:3]).reshape(-1, kh * kw * cin)
+  patches = _patches(x, kernel_size, padding).reshape(-1, kh * kw * cin)
   return (patches.T @ g.reshape(-1, cout)).reshape(kh, kw, cin, cout)
 
 
@@ -102,13 +114,6 @@ def _kernel_grad_impl(x: Array, g: Array, *, padding: Padding,
   if x.shape[-1] < _EIGEN_KERNEL_GRAD_MIN_CHANNELS:
     return _kernel_grad_im2col(x, g, padding=padding, kernel_size=kernel_size)
   return _kernel_grad_swapped(x, g, padding=padding)
-
-
-def _conv_im2col(x: Array, w: Array, *, padding: Padding) -> Array:
-  kh, kw, cin, cout = w.shape
-  h = x.shape[1] + padding[0][0] + padding[0][1] - kh + 1
-  wd = x.shape[2] + padding[1][0] + padding[1][1] - kw + 1
-  return _patches(x, (kh, kw), padding, (h, wd)) @ w.reshape(kh * kw * cin, cout)
 
 
 if AVAILABLE:
@@ -166,7 +171,7 @@ if AVAILABLE:
       y = conv_p.bind(x.reshape((b * n,) + x.shape[2:]), w, padding=padding)
       return y.reshape((b, n) + y.shape[1:]), 0
     size = w.shape[bw]
-    fn = functools.partial(_conv_im2col, padding=padding)
+    fn = functools.partial(conv2d_im2col, strides=(1, 1), padding=padding)
     return jax.vmap(fn)(_move_to_front(x, bx, size), jnp.moveaxis(w, bw, 0)), 0
 
   def _kernel_grad_batch(args, dims, *, padding, kernel_size):

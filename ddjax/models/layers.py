@@ -73,27 +73,8 @@ def _normalize_padding(padding: PaddingLike) -> tuple[tuple[int, int], tuple[int
 def conv2d_im2col(
     x: Array, kernel: Array, strides: tuple[int, int], padding: PaddingLike
 ) -> Array:
-  """NHWC x HWIO convolution as shifted slices plus one matmul."""
-  kh, kw, cin, cout = kernel.shape
-  (pt, pb), (pl, pr) = _normalize_padding(padding)
-  x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  n, h, w, _ = x.shape
-  sh, sw = strides
-  out_h = (h - kh) // sh + 1
-  out_w = (w - kw) // sw + 1
-  if kh == kw == 1:
-    patches = x[:, : (out_h - 1) * sh + 1 : sh, : (out_w - 1) * sw + 1 : sw, :]
-  else:
-    patches = jnp.concatenate(
-        [
-            x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
-            for i in range(kh)
-            for j in range(kw)
-        ],
-        axis=-1,
-    )
-  # Patch channel order is (i, j, c), which matches kernel.reshape(kh*kw*cin, cout).
-  return patches @ kernel.reshape(kh * kw * cin, cout)
+  """NHWC x HWIO convolution as shifted slices plus one matmul (see module doc)."""
+  return cpu_ops.conv2d_im2col(x, kernel, tuple(strides), _normalize_padding(padding))
 
 
 def conv2d_xla(

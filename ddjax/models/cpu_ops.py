@@ -158,11 +158,6 @@ if AVAILABLE:
   ad.defbilinear(conv_p, _conv_transpose_x, _conv_transpose_w)
   ad.defbilinear(kernel_grad_p, _kernel_grad_transpose_x, _kernel_grad_transpose_g)
 
-  def _move_to_front(x, dim, size):
-    if dim is batching.not_mapped:
-      return jnp.broadcast_to(x, (size,) + x.shape)
-    return jnp.moveaxis(x, dim, 0)
-
   def _conv_batch(args, dims, *, padding):
     (x, w), (bx, bw) = args, dims
     if bw is batching.not_mapped:  # fold the vmapped axis into the conv batch
@@ -170,15 +165,14 @@ if AVAILABLE:
       b, n = x.shape[:2]
       y = conv_p.bind(x.reshape((b * n,) + x.shape[2:]), w, padding=padding)
       return y.reshape((b, n) + y.shape[1:]), 0
-    size = w.shape[bw]
+    # batch dims are vmap in_axes (not_mapped is None): no broadcast copy of x.
     fn = functools.partial(conv2d_im2col, strides=(1, 1), padding=padding)
-    return jax.vmap(fn)(_move_to_front(x, bx, size), jnp.moveaxis(w, bw, 0)), 0
+    return jax.vmap(fn, in_axes=(bx, bw))(x, w), 0
 
   def _kernel_grad_batch(args, dims, *, padding, kernel_size):
     (x, g), (bx, bg) = args, dims
-    size = x.shape[bx] if bx is not batching.not_mapped else g.shape[bg]
     fn = functools.partial(_kernel_grad_im2col, padding=padding, kernel_size=kernel_size)
-    return jax.vmap(fn)(_move_to_front(x, bx, size), _move_to_front(g, bg, size)), 0
+    return jax.vmap(fn, in_axes=(bx, bg))(x, g), 0
 
   batching.primitive_batchers[conv_p] = _conv_batch
   batching.primitive_batchers[kernel_grad_p] = _kernel_grad_batch

@@ -49,5 +49,34 @@ def base_config(method: str, dataset: str = "mnist5k", ipc: int = 10) -> ml_coll
   config.eval.dc_batch_size = 256
   config.eval.dc_augment = "none"          # a DSA strategy string, or none
   config.eval.test_per_class = 0           # 0 = the whole test split
+  # Stop when the periodic protocol-A accuracy gained less than plateau_gain over the last
+  # plateau_fraction of the iterations (ddjax/distill/progress.py); 0 = run to the cap.
+  config.eval.plateau_gain = 0.0
+  config.eval.plateau_fraction = 0.25
+  config.eval.plateau_min_iterations = 0
   config.progress = True
+  return config
+
+
+# The convergence criterion of the shipped sets: less than 0.5 points of protocol-A
+# accuracy gained over the last quarter of the iterations.
+PLATEAU_GAIN = 0.005
+PLATEAU_FRACTION = 0.25
+
+
+def converge(config: ml_collections.ConfigDict, cap: int, every: int,
+             min_iterations: int | None = None) -> ml_collections.ConfigDict:
+  """Runs `config` to a protocol-A plateau, or to `cap` iterations if it never plateaus.
+
+  Evaluates every `every` iterations (and at iteration 0, the initialisation) over
+  `config.eval.num_seeds` seeds; the test first applies at `min_iterations` (default
+  4 * every, so that the last quarter spans at least one evaluation interval).
+  """
+  config.num_iterations = cap
+  config.eval.every = every
+  config.eval.plateau_gain = PLATEAU_GAIN
+  config.eval.plateau_fraction = PLATEAU_FRACTION
+  config.eval.plateau_min_iterations = 4 * every if min_iterations is None else min_iterations
+  config.checkpoint_every = every
+  config.log_every = max(1, min(config.log_every, every))
   return config

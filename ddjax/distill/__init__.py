@@ -18,3 +18,4 @@ def get_method(name: str):
   if name not in METHODS:
     raise ValueError(f"Unknown distillation method {name!r}; expected one of {sorted(METHODS)}.")
   return importlib.import_module(METHODS[name])
+from ddjax.distill.pretrained import available as available_pretrained, load_pretrained

@@ -37,11 +37,12 @@ from tqdm.auto import tqdm
 
 from ddjax import augment, checkpoint, classifier, data, models, train
 from ddjax import workdir as workdir_lib
-from ddjax.distill import base, get_method, synset
+from ddjax.distill import base, get_method, progress, synset
 
 RESULTS_FILE = "results.json"
 DISTILLED_FILE = "distilled.npz"
 GRID_FILE = "synthetic.png"
+PROGRESS_FILE = "progress.png"
 
 
 # ----------------------------------------------------------------------------- data
@@ -216,10 +217,15 @@ def run_distillation(config: ml_collections.ConfigDict, workdir: str) -> dict[st
 
   keys = prng_keys(config)
   state = method.init_state(config, keys["init"], real, aux)
+  init_images = np.asarray(jax.device_get(state.images), np.float32)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  config.get("keep_checkpoints", 2))
   state, meta, restored_step = ckpt.restore_or(state)
   distill_seconds = float(meta.get("distill_seconds", 0.0))
+  cpu_base, cpu_start = float(meta.get("cpu_seconds", 0.0)), time.process_time()
+  eval_total = {"seconds": float(meta.get("eval_seconds", 0.0))}
+  history = list(meta.get("eval_history", []))
+  stop_reason = None
   start = int(state.step)
   if restored_step is not None:
     logging.info("Resumed from checkpoint at iteration %d in %s", start, ckpt.directory)
@@ -243,14 +249,34 @@ def run_distillation(config: ml_collections.ConfigDict, workdir: str) -> dict[st
           f"{e} Stopped at iteration {iteration}; {where}. Lower the image learning rate "
           f"(config.{config.method}.lr_img) or check the data.") from None
 
+  plateau_gain = float(config.eval.get("plateau_gain", 0.0) or 0.0)
+  plateau_fraction = float(config.eval.get("plateau_fraction", 0.25))
+  plateau_min = int(config.eval.get("plateau_min_iterations", 0) or 0)
+
   def evaluate(state, iteration):
     t = time.time()
-    result = evaluator(keys["eval"], state.images, state.labels, learned_lr(method, state))
+    images = np.asarray(jax.device_get(state.images), np.float32)
+    result = evaluator(keys["eval"], images, state.labels, learned_lr(method, state))
     result["eval_seconds"] = time.time() - t
+    eval_total["seconds"] += result["eval_seconds"]
+    result["init_correlation"] = float(np.mean(progress.image_correlation(images, init_images)))
+    if not history or history[-1]["iteration"] < iteration:
+      history.append({"iteration": int(iteration), "protocol_a_mean": result["protocol_a_mean"],
+                      "protocol_a_std": result["protocol_a_std"],
+                      "init_correlation": result["init_correlation"]})
+    if eval_every:
+      progress.save_snapshot(workdir, iteration, images)
     writer.write(iteration, **{k if k == "eval_seconds" else f"eval_{k}": v
                                for k, v in result.items() if not k.endswith("_all")})
     logging.info("Iteration %d eval: %s", iteration, result)
     return result
+
+  def plateaued():
+    check = progress.plateau_check(history, plateau_gain, plateau_fraction, plateau_min)
+    if check["gain"] is not None:
+      logging.info("Plateau test at iteration %d: gain %.4f since iteration %d", check["iteration"],
+                   check["gain"], check["reference_iteration"])
+    return check
 
   clock = {"seconds": distill_seconds, "since": time.time()}
 
@@ -261,33 +287,56 @@ def run_distillation(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     clock["since"] = now
     return clock["seconds"]
 
+  if history and history[-1]["iteration"] == start and plateaued()["reached"]:
+    stop_reason = "plateau"  # a finished run, re-run: the plateau test is re-applied
+
+  def save(done):
+    ckpt.save(done, state, meta={"iteration": done, "distill_seconds": tick(),
+                                 "cpu_seconds": cpu_base + time.process_time() - cpu_start,
+                                 "eval_seconds": eval_total["seconds"],
+                                 "eval_history": history, "stop_reason": stop_reason})
+
+  eval_result = None
   try:
+    if eval_every and start == 0 and not history:
+      evaluate(state, 0)  # the initialisation: the first point of the progress curve
+      clock["since"] = time.time()
     with tqdm(total=total, initial=min(start, total), desc=f"distill {config.method}",
               unit="it", disable=not config.get("progress", True)) as bar:
-      for it in range(start, total):
+      for it in range(start, total if stop_reason is None else start):
         state, metrics = step_fn(state, jax.random.fold_in(keys["step"], it), real, aux)
         done = it + 1
         last = done == total
         logged = done % log_every == 0 or last
-        checkpointed = done % ckpt_every == 0 or last
+        evaluated = bool(eval_every) and done % eval_every == 0
+        checkpointed = done % ckpt_every == 0 or last or evaluated
         if logged or checkpointed:
           metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
           guard(state, metrics, done)
         if logged:
           writer.write(done, **metrics, distill_seconds=tick())
           bar.set_postfix({k: float(v) for k, v in metrics.items() if np.size(v) == 1})
-        if checkpointed:
-          ckpt.save(done, state, meta={"iteration": done, "distill_seconds": tick()})
-        if eval_every and done % eval_every == 0 and not last:
+        if evaluated:
+          # Evaluated before the checkpoint, so that a resumed run has the history and the
+          # plateau test sees every point.
           jax.block_until_ready(state.images)
           tick()
-          evaluate(state, done)
+          eval_result = evaluate(state, done)
           clock["since"] = time.time()
+          if plateaued()["reached"]:
+            stop_reason = "plateau"
+        if checkpointed or stop_reason:
+          save(done)
         bar.update(1)
+        if stop_reason:
+          logging.info("Accuracy plateaued at iteration %d; stopping.", done)
+          break
     jax.block_until_ready(state.images)
     distill_seconds = tick()
-
-    eval_result = evaluate(state, int(state.step))
+    if stop_reason is None and int(state.step) >= total:
+      stop_reason = "cap"
+    if eval_result is None or history[-1]["iteration"] != int(state.step):
+      eval_result = evaluate(state, int(state.step))
   finally:
     ckpt.close()
 
@@ -302,6 +351,15 @@ def run_distillation(config: ml_collections.ConfigDict, workdir: str) -> dict[st
             "num_classes": ds.num_classes, "iterations": int(state.step),
             "distill_seconds": distill_seconds, "learned_lr": lr,
             "eval_model": config.eval.model, "eval_model_kwargs": eval_model_kwargs(config),
-            **eval_result, "distilled": distilled_path, "grid": grid_path}
+            **eval_result, "distilled": distilled_path, "grid": grid_path,
+            "cpu_seconds": cpu_base + time.process_time() - cpu_start,
+            "eval_seconds_total": eval_total["seconds"],
+            "stop_reason": stop_reason, "eval_history": history,
+            "plateau": plateaued() if len(history) > 1 else None}
+  if eval_every:
+    result["progress"] = progress.save_progress_figure(
+        os.path.join(workdir, PROGRESS_FILE), history, progress.load_snapshots(workdir),
+        np.asarray(state.labels), preprocessor,
+        title=f"{config.method} on {ds.name}, IPC {int(config.ipc)} ({stop_reason})")
   workdir_lib.write_json(os.path.join(workdir, RESULTS_FILE), result)
   return result

@@ -299,7 +299,9 @@ def run_distillation(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   eval_result = None
   try:
     if eval_every and start == 0 and not history:
-      evaluate(state, 0)  # the initialisation: the first point of the progress curve
+      # The initialisation: the first point of the progress curve (and the result itself
+      # when there are no iterations, as for the random-real baseline).
+      eval_result = evaluate(state, 0)
       clock["since"] = time.time()
     with tqdm(total=total, initial=min(start, total), desc=f"distill {config.method}",
               unit="it", disable=not config.get("progress", True)) as bar:

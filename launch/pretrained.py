@@ -73,6 +73,10 @@ def manifest_record(config, result: dict) -> dict:
       "init_protocol_a_mean": history[0]["protocol_a_mean"] if history else None,
       "init_protocol_a_std": history[0]["protocol_a_std"] if history else None,
       "init_correlation": result.get("init_correlation"),
+      # The best evaluation of the run, so a set that declined after a peak is visible.
+      "peak_protocol_a_mean": max((h["protocol_a_mean"] for h in history), default=None),
+      "peak_iteration": (max(history, key=lambda h: h["protocol_a_mean"])["iteration"]
+                         if history else None),
       "plateau": result.get("plateau"),
       "eval_history": history,
       "learned_lr": result.get("learned_lr"),

@@ -154,9 +154,9 @@ def save_progress_figure(path: str, history: Sequence[dict[str, Any]],
   shown = [i for c in classes for i in np.flatnonzero(hard == c)[:per_class]]
   rows = pick_iterations(list(snapshots), 5)
   fig = plt.figure(figsize=(max(6.0, 0.55 * len(shown) + 1.5), 3.0 + 0.65 * len(rows)))
-  grid = fig.add_gridspec(1 + len(rows), len(shown), height_ratios=[4.5] + [1.0] * len(rows),
-                          hspace=0.4, wspace=0.05)
-  ax = fig.add_subplot(grid[0, :])
+  outer = fig.add_gridspec(2, 1, height_ratios=[4.5, 1.0 * len(rows)], hspace=0.3)
+  grid = outer[1].subgridspec(len(rows), len(shown), hspace=0.08, wspace=0.05)
+  ax = fig.add_subplot(outer[0])
   its = np.array([h["iteration"] for h in history], float)
   mean = np.array([h["protocol_a_mean"] for h in history], float)
   std = np.array([h.get("protocol_a_std", 0.0) for h in history], float)
@@ -176,7 +176,7 @@ def save_progress_figure(path: str, history: Sequence[dict[str, Any]],
   for r, it in enumerate(rows):
     pixels = np.clip(np.asarray(preprocessor.invert(np.asarray(snapshots[it], np.float32))), 0, 1)
     for j, i in enumerate(shown):
-      a = fig.add_subplot(grid[1 + r, j])
+      a = fig.add_subplot(grid[r, j])
       im = pixels[i]
       a.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray", vmin=0, vmax=1)
       a.set_xticks([])

@@ -37,6 +37,36 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest tests -q -x -m "not slow"
 
+# Fashion-MNIST's four idx files (60,000 train / 10,000 test) from Debian's
+# dataset-fashion-mnist, into /usr/share/datasets/fashion-mnist/, where ddjax looks first.
+# Elsewhere: TFDS downloads it when online, or pass --config.data_dir=DIR (or
+# DATA_DIR=DIR below) pointing at a directory that holds the four files.
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+FASHION_FILES := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
+.PHONY: fashion-mnist published-table
+fashion-mnist:
+	@missing=; for f in $(FASHION_FILES); do \
+	  test -f $(FASHION_DIR)/$$f.gz || test -f $(FASHION_DIR)/$$f || missing="$$missing $$f"; done; \
+	if [ -z "$$missing" ]; then echo "Fashion-MNIST is installed in $(FASHION_DIR)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "No apt-get here. Get Fashion-MNIST online through TFDS (ddjax does it by itself), or"; \
+	  echo "copy train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz"; \
+	  echo "and t10k-labels-idx1-ubyte.gz into a directory and pass --config.data_dir=DIR."; exit 1; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y dataset-fashion-mnist; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	  sudo apt-get update -qq && sudo apt-get install -y dataset-fashion-mnist; \
+	else \
+	  echo "Installing dataset-fashion-mnist needs root: run 'sudo apt-get install dataset-fashion-mnist',"; \
+	  echo "or get it online through TFDS, or pass --config.data_dir=DIR holding the four idx files."; exit 1; \
+	fi
+
+# ddjax beside the published Fashion-MNIST table (benchmarks/published_table.py): each run
+# stops before ~9 minutes and the next one continues; table.md in TABLE_WORKDIR. A GPU job.
+TABLE_WORKDIR ?= workdirs/published_table
+DATA_DIR ?=
+published-table: setup
+	$(PY) -m benchmarks.published_table --workdir=$(TABLE_WORKDIR) $(if $(DATA_DIR),--data_dir=$(DATA_DIR))
+
 # Optional PyTorch references for the benchmarks (CPU torch, separate venv).
 bench-setup:
 	test -x .bench-venv/bin/python || $(PYTHON) -m venv .bench-venv

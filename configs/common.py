@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from ddjax.errors import ConfigError
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses 'a=1,b=x,flag' into a ConfigDict typed like `defaults` (flags -> True)."""
@@ -11,7 +13,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   for item in filter(None, (arg or "").split(",")):
     name, _, value = item.partition("=")
     if name not in defaults:
-      raise ValueError(f"Unknown config argument {name!r}; expected one of {sorted(defaults)}.")
+      raise ConfigError(f"Unknown config argument {name!r}; expected one of {sorted(defaults)}.")
     default = defaults[name]
     if not value:
       out[name] = True

@@ -24,6 +24,7 @@ import importlib
 import ml_collections
 
 from configs import common
+from ddjax.errors import ConfigError
 
 # Entry method name -> (config module, extra config argument, method name written in the set).
 METHODS = {
@@ -36,7 +37,7 @@ METHODS = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, dataset="mnist5k", method="dm", ipc=10)
   if arg.method not in METHODS:
-    raise ValueError(f"Unknown pretrained method {arg.method!r}; expected one of "
+    raise ConfigError(f"Unknown pretrained method {arg.method!r}; expected one of "
                      f"{sorted(METHODS)}.")
   module, extra = METHODS[arg.method]
   learned = not arg.method.startswith("random")

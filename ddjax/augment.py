@@ -37,6 +37,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from ddjax.errors import ConfigError
+
 Array = jax.Array
 AugmentFn = Callable[[Array, Array], Array]
 
@@ -73,9 +75,9 @@ def parse_strategy(strategy: str) -> tuple[str, ...]:
   families = tuple(strategy.split("_"))
   unknown = [f for f in families if f not in FAMILIES]
   if unknown:
-    raise ValueError(f"Unknown DSA augmentation famil{'y' if len(unknown) == 1 else 'ies'} "
-                     f"{unknown} in strategy {strategy!r}; expected '_'-separated names from "
-                     f"{FAMILIES}, or 'none'.")
+    raise ConfigError(f"Unknown DSA augmentation famil{'y' if len(unknown) == 1 else 'ies'} "
+                      f"{unknown} in strategy {strategy!r}; expected '_'-separated names from "
+                      f"{FAMILIES}, or 'none'.")
   return families
 
 

@@ -3,6 +3,10 @@
 The loop is the flax-examples shape: build data, model and optimiser from the config,
 restore the latest checkpoint in `workdir` if any, then run jitted epochs (each a
 `lax.scan` over batches), writing metrics and a checkpoint after every epoch.
+
+Everything the config and data can get wrong is checked before the workdir is
+touched; the workdir is locked for the run and belongs to one config
+(`ddjax.workdir.open_workdir`; `resumable_fields` lists what a re-run may change).
 """
 
 from __future__ import annotations
@@ -20,10 +24,15 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ddjax import checkpoint, data, models, train, workdir as workdir_lib
+from ddjax import checkpoint, data, errors, models, train, validation, workdir as workdir_lib
+
+# Fields of configs/train.py a re-run in the same workdir may change (besides
+# workdir.ALWAYS_RESUMABLE): when to evaluate and checkpoint, and the evaluation batch
+# size, none of which changes the training.
+RESUMABLE_FIELDS = ("eval_every_epochs", "checkpoint_every_epochs", "eval_batch_size")
 
 
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(FloatingPointError, errors.DdjaxError):
   """The loss became NaN or infinite."""
 
 
@@ -37,13 +46,14 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax
   elif config.schedule == "midpoint":
     schedule = optax.piecewise_constant_schedule(lr, {total_steps // 2: 0.1})
   else:
-    raise ValueError(f"Unknown schedule {config.schedule!r}; expected constant, cosine or midpoint.")
+    raise errors.ConfigError(
+        f"Unknown schedule {config.schedule!r}; expected constant, cosine or midpoint.")
   if config.optimizer == "sgd":
     return train.sgd_momentum(schedule, config.momentum, config.weight_decay)
   if config.optimizer == "adam":
     tx = optax.adam(schedule)
     return optax.chain(optax.add_decayed_weights(config.weight_decay), tx) if config.weight_decay else tx
-  raise ValueError(f"Unknown optimizer {config.optimizer!r}; expected sgd or adam.")
+  raise errors.ConfigError(f"Unknown optimizer {config.optimizer!r}; expected sgd or adam.")
 
 
 def load_preprocessed(config: ml_collections.ConfigDict) -> tuple[data.ImageDataset, data.Preprocessor]:
@@ -65,10 +75,41 @@ def load_preprocessed(config: ml_collections.ConfigDict) -> tuple[data.ImageData
   return ds, pre
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config.model` on `config.dataset`; resumes from `workdir` if possible."""
-  workdir_lib.prepare_workdir(workdir, config)
-  writer = workdir_lib.MetricWriter(workdir)
+def resumable_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The fields a re-run in the same workdir may change: RESUMABLE_FIELDS, and
+  num_epochs under the constant schedule (the cosine and midpoint schedules depend on
+  the total step count, so there a longer run is another computation)."""
+  return RESUMABLE_FIELDS + (("num_epochs",) if config.schedule == "constant" else ())
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       restore: str = "latest", overwrite: bool = False) -> dict[str, Any]:
+  """Trains `config.model` on `config.dataset`; resumes from `workdir` if possible.
+
+  Args:
+    config: a configs/train.py config.
+    workdir: the run's directory (config.json, metrics.jsonl, checkpoints/, results.json).
+    restore: 'latest' resumes from the newest checkpoint and fails if it is corrupt;
+      'previous' resumes from the newest intact one (`Checkpointer.restore_or`).
+    overwrite: move a run of another config in `workdir` to previous/<n>/ and start over.
+
+  Returns:
+    The results written to results.json (dataset, model, epochs, steps, test accuracy
+    and loss).
+
+  Raises:
+    DdjaxError: a bad config value, dataset, checkpoint or workdir (one-line message).
+  """
+  validation.check_config(config)
+  checkpoint.check_restore_mode(restore)
+  make_optimizer(config, 1)  # an unknown schedule or optimizer fails here, before any work
+  with workdir_lib.open_workdir(workdir, config, ignore=resumable_fields(config),
+                                overwrite=overwrite) as run:
+    return _train_and_evaluate(config, workdir, run, restore)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: workdir_lib.Run,
+                        restore: str) -> dict[str, Any]:
   ds, _ = load_preprocessed(config)
   logging.info("Dataset %s", ds)
   x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
@@ -84,8 +125,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = train.create_train_state(variables, tx)
   logging.info("Model %s: %d parameters", config.model, models.count_params(state.params))
 
+  run.start()  # the config and data are valid: now the workdir is written
+  writer = workdir_lib.MetricWriter(workdir)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.get("keep_checkpoints", 3))
-  state, meta, step = ckpt.restore_or(state)
+  state, meta, step = ckpt.restore_or(state, restore)
   start_epoch = int(meta.get("epoch", 0))
   if step is not None:
     logging.info("Resumed from checkpoint at epoch %d in %s", start_epoch, ckpt.directory)

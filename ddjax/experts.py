@@ -22,6 +22,9 @@ Buffer directory layout:
 
 `config.experts_per_batch` experts train together under `jax.vmap`. A killed run
 resumes from the last finished epoch of its group; finished experts are never retrained.
+The buffer directory is locked while experts train (`ddjax.workdir.locked`), and every
+.npz it holds carries a `checksum` entry (sha256 over its other arrays) that is verified
+when it is read.
 With several local devices, a group whose size is a multiple of the device count is
 split over them (`place_group`; each expert's arithmetic is unchanged), so choose
 experts_per_batch as a multiple of the device count to use every device.
@@ -43,7 +46,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
-from ddjax import augment, checkpoint, classifier, data, models, parallel, train
+from ddjax import augment, checkpoint, classifier, data, errors, integrity, models, parallel, train
+from ddjax import validation, workdir as workdir_lib
 
 BUFFER_FILE = "buffer.json"
 IN_PROGRESS = "in_progress"
@@ -59,6 +63,10 @@ class ExpertBufferError(data.DatasetError):
 
   A DatasetError: the buffer is MTT's input data, so the binaries report it in one line.
   """
+
+
+class ExpertsDiverged(FloatingPointError, errors.DdjaxError):
+  """An expert's parameters became NaN or infinite."""
 
 
 def expert_path(buffer_dir: str, index: int) -> str:
@@ -114,9 +122,25 @@ def _write_json_atomic(path: str, obj: Any) -> None:
 
 
 def _save_npz_atomic(path: str, **arrays) -> None:
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
+  """Writes the arrays and their `checksum` (a temp file, then rename)."""
+  arrays = {k: np.asarray(v) for k, v in arrays.items()}
+  tmp = f"{path}.tmp{os.getpid()}.npz"  # per process: concurrent writers never share it
+  np.savez(tmp, checksum=np.asarray(integrity.arrays_digest(arrays)), **arrays)
   os.replace(tmp, path)
+
+
+def _load_npz_verified(path: str) -> dict[str, np.ndarray]:
+  """The arrays of a buffer .npz, checked against its `checksum` when it has one."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except Exception as e:  # zip / format errors
+    raise ExpertBufferError(f"{path} is unreadable or not an expert file: {e}") from e
+  saved = arrays.pop("checksum", None)
+  if saved is not None and str(saved) != integrity.arrays_digest(arrays):
+    raise ExpertBufferError(f"{path} failed its checksum: its content changed after it was "
+                            "saved. Delete it to retrain that expert (or group).")
+  return arrays
 
 
 # ----------------------------------------------------------------------------- training
@@ -235,8 +259,7 @@ class _GroupRun:
       if not os.path.exists(path):
         raise ExpertBufferError(f"{self.dir} lacks the snapshot of epoch {e} that its checkpoint "
                                 f"(epoch {last_epoch}) needs; delete {self.dir} to retrain the group.")
-      with np.load(path) as f:
-        out.append({k: f[k] for k in f.files})
+      out.append(_load_npz_verified(path))
     return out
 
   def finish(self) -> None:
@@ -247,28 +270,55 @@ def completed_experts(buffer_dir: str, num_experts: int) -> list[int]:
   return [i for i in range(num_experts) if os.path.exists(expert_path(buffer_dir, i))]
 
 
-def train_experts(config: ml_collections.ConfigDict, buffer_dir: str) -> dict[str, Any]:
+def train_experts(config: ml_collections.ConfigDict, buffer_dir: str, *,
+                  restore: str = "latest", overwrite: bool = False) -> dict[str, Any]:
   """Trains experts 0..config.num_experts-1 into `buffer_dir`, skipping finished ones and
-  resuming an interrupted group. Returns a summary (experts, final test accuracies)."""
+  resuming an interrupted group.
+
+  Args:
+    config: a configs/experts.py config.
+    buffer_dir: the buffer directory, locked while this runs.
+    restore: 'latest' resumes an interrupted group from its newest checkpoint and fails
+      if that is corrupt; 'previous' falls back to the newest intact one.
+    overwrite: move a buffer trained with other settings to previous/<n>/ and start a
+      new one (without it, such a buffer is refused).
+
+  Returns:
+    A summary: buffer_dir, num_experts, num_epochs, num_params, final test accuracies.
+  """
+  validation.check_config(config)
+  checkpoint.check_restore_mode(restore)
+  with workdir_lib.locked(buffer_dir):
+    return _train_experts(config, buffer_dir, restore, overwrite)
+
+
+def _train_experts(config: ml_collections.ConfigDict, buffer_dir: str, restore: str,
+                   overwrite: bool) -> dict[str, Any]:
   ds, _ = classifier.load_preprocessed(config)
   x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
   x_test, y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
   model = models.get_model(config.model, ds.num_classes, **config.model_kwargs)
   probe = models.init_variables(model, jax.random.PRNGKey(0), x.shape)
   if set(probe) != {"params"}:
-    raise ValueError(f"Expert models must be stateless for trajectory matching; {config.model} "
-                     f"has {sorted(set(probe) - {'params'})}. Use a norm without batch statistics.")
+    raise errors.ConfigError(
+        f"Expert models must be stateless for trajectory matching; {config.model} has "
+        f"{sorted(set(probe) - {'params'})}. Use a norm without batch statistics.")
   num_params = models.count_params(probe["params"])
   spec = buffer_spec(config, ds.num_classes, ds.image_shape, num_params)
 
-  os.makedirs(buffer_dir, exist_ok=True)
   spec_path = os.path.join(buffer_dir, BUFFER_FILE)
   if os.path.exists(spec_path):
     diff = spec_differences(read_spec(buffer_dir), spec)
-    if diff:
+    if diff and overwrite:
+      moved = workdir_lib.move_aside(buffer_dir)
+      logging.warning("--overwrite: moved the buffer trained with other settings (%s) to %s "
+                      "(nothing deleted).", "; ".join(diff), moved)
+    elif diff:
       raise ExpertBufferError(f"{buffer_dir} holds experts trained with other settings ("
-                              + "; ".join(diff) + "). Use another --workdir.")
-  else:
+                              + "; ".join(diff) + "). Use another --workdir, or --overwrite "
+                              f"to move them to {buffer_dir}/{workdir_lib.PREVIOUS_DIR}/.")
+  os.makedirs(buffer_dir, exist_ok=True)
+  if not os.path.exists(spec_path):
     _write_json_atomic(spec_path, spec)
 
   tx = make_optimizer(config)
@@ -297,19 +347,17 @@ def train_experts(config: ml_collections.ConfigDict, buffer_dir: str) -> dict[st
             desc="experts", disable=not config.get("progress", True)) as bar:
     for indices in groups:
       _train_one_group(buffer_dir, indices, spec, model, tx, x, y, epoch_fn, snapshot_fn,
-                       num_epochs, config.seed, bar)
+                       num_epochs, config.seed, bar, restore)
 
-  final = []
-  for i in range(num_experts):
-    with np.load(expert_path(buffer_dir, i)) as f:
-      final.append(float(f["test_accuracy"][-1]))
+  final = [float(_load_npz_verified(expert_path(buffer_dir, i))["test_accuracy"][-1])
+           for i in range(num_experts)]
   return {"buffer_dir": buffer_dir, "num_experts": num_experts, "num_epochs": num_epochs,
           "num_params": num_params, "final_test_accuracy": final,
           "mean_final_test_accuracy": float(np.mean(final))}
 
 
 def _train_one_group(buffer_dir, indices, spec, model, tx, x, y, epoch_fn, snapshot_fn,
-                     num_epochs, seed, bar) -> None:
+                     num_epochs, seed, bar, restore="latest") -> None:
   run = _GroupRun(buffer_dir, indices)
   init_keys, train_keys = expert_keys(seed, indices)
   states = init_states(model, tx, init_keys, x.shape[1:])
@@ -317,7 +365,7 @@ def _train_one_group(buffer_dir, indices, spec, model, tx, x, y, epoch_fn, snaps
   start = 0
   if _GroupRun.pending_indices(buffer_dir) == indices:
     with checkpoint.Checkpointer(ckpt_dir, max_to_keep=1) as ckpt:
-      states, meta, step = ckpt.restore_or(states)
+      states, meta, step = ckpt.restore_or(states, restore)
     start = int(meta.get("epoch", 0)) if step is not None else 0
   states, train_keys = place_group(states, train_keys)  # after a restore, which is unsharded
   if start:
@@ -337,7 +385,7 @@ def _train_one_group(buffer_dir, indices, spec, model, tx, x, y, epoch_fn, snaps
       flat, acc = snapshot_fn(states)
       snap = dict(flat=np.asarray(flat), test_accuracy=np.asarray(acc), train_loss=np.asarray(loss))
       if not np.all(np.isfinite(snap["flat"])):
-        raise FloatingPointError(f"Experts {indices} diverged in epoch {epoch + 1} "
+        raise ExpertsDiverged(f"Experts {indices} diverged in epoch {epoch + 1} "
                                  f"(train loss {snap['train_loss']}); lower the learning rate.")
       # Snapshot first, then the checkpoint that points past it: a kill in between
       # resumes from the previous epoch and rewrites this snapshot.
@@ -389,11 +437,9 @@ def load_trajectories(buffer_dir: str, *, num_experts: int = 0, num_snapshots: i
   trajectories = np.empty((len(files), num_snapshots, spec["num_params"]), np.float32)
   for n, name in enumerate(files):
     path = os.path.join(buffer_dir, name)
-    try:
-      with np.load(path) as f:
-        traj = f["trajectory"]
-    except Exception as e:  # zip / key errors
-      raise ExpertBufferError(f"{path} is unreadable or not an expert file: {e}") from e
+    traj = _load_npz_verified(path).get("trajectory")
+    if traj is None:
+      raise ExpertBufferError(f"{path} is not an expert file: it has no trajectory.")
     if traj.shape != (available, spec["num_params"]):
       raise ExpertBufferError(f"{path} holds a trajectory of shape {traj.shape}; the buffer spec "
                               f"says {(available, spec['num_params'])}.")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import os
+import re
 import sys
 
 from absl import flags, logging
@@ -13,7 +16,25 @@ MULTIHOST = flags.DEFINE_bool(
     "Multi-process run (TPU pod slices, multi-node GPU): call jax.distributed.initialize() "
     "before anything else; the coordinator, process count and id come from the environment "
     "(TPU metadata, SLURM, Open MPI, or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
-    "JAX_PROCESS_ID).")
+    "JAX_PROCESS_ID). Only process 0 writes config, metrics and reports.")
+
+
+def define_workdir_flags():
+  """--restore and --overwrite, for the binaries that resume from a workdir.
+
+  Returns:
+    (restore flag holder, overwrite flag holder).
+  """
+  restore = flags.DEFINE_enum(
+      "restore", "latest", ["latest", "previous"],
+      "Which checkpoint a re-run resumes from: 'latest' (a corrupt one stops the run with "
+      "an error), or 'previous': the newest that passes verification (newer corrupt ones "
+      "are moved to checkpoints.corrupt/, never deleted).")
+  overwrite = flags.DEFINE_bool(
+      "overwrite", False,
+      "If the workdir holds a run of another config, move it to <workdir>/previous/<n>/ "
+      "and start over (without this flag such a workdir is refused). Nothing is deleted.")
+  return restore, overwrite
 
 
 def setup() -> None:
@@ -29,33 +50,102 @@ def setup() -> None:
 
 
 def run_reporting_errors(fn, *args, **kwargs):
-  """Runs fn; a user-facing error (bad data, config, checkpoint) exits with its message
-  instead of a stack trace."""
-  from ddjax import checkpoint, classifier, data, distill  # pylint: disable=g-import-not-at-top
-  user_errors = (data.DatasetError, checkpoint.CheckpointError, classifier.TrainingDiverged,
-                 distill.DistillationDiverged, distill.DistilledSetError)
+  """Runs fn; a `ddjax.errors.DdjaxError` (bad data, config, checkpoint, workdir) exits
+  with `error: <ClassName>: <message>` instead of a stack trace (the trace is logged at
+  --verbosity=1). Every other exception is a bug and keeps its stack trace."""
+  from ddjax import errors  # pylint: disable=g-import-not-at-top
   try:
     return fn(*args, **kwargs)
-  except Exception as e:  # pylint: disable=broad-except
-    # A ValueError from ddjax's own validation (an unknown model, method or size, a bad
-    # config value) names the problem too; a ValueError from inside JAX or a library, and
-    # every other exception, is a bug and keeps its stack trace.
-    if not isinstance(e, user_errors) and not (isinstance(e, ValueError) and _raised_by_ddjax(e)):
-      raise
+  except errors.DdjaxError as e:
     logging.debug("traceback of the reported error (--verbosity=1 shows it)", exc_info=True)
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"error: {type(e).__name__}: {e}")
 
 
-_OWN_DIRS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d)
-                  + os.sep for d in ("ddjax", "configs", "launch"))
+# ----------------------------------------------------------------------------- flag parsing
 
 
-def _raised_by_ddjax(error: BaseException) -> bool:
-  """True when the innermost frame of the traceback is ddjax's (or a config's) code."""
-  tb = error.__traceback__
-  if tb is None:
-    return False
-  while tb.tb_next is not None:
-    tb = tb.tb_next
-  return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_OWN_DIRS)
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parser, with one-line errors for a bad config on the command line.
+
+  Pass it to `app.run(main, flags_parser=common.parse_flags)`. A config override that
+  names no field (`--config.learnin_rate=0.1`) exits with one line naming the field and
+  the closest existing one; an error the config file raises as a `DdjaxError` (a bad
+  `path.py:key=value` argument) exits with its message. Any other flag error is
+  reported as absl does.
+
+  Args:
+    argv: the command line, program name first.
+
+  Returns:
+    The arguments left after the flags (absl's contract).
+  """
+  from ddjax import errors  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    cause = _ddjax_cause(e)
+    if cause is not None:
+      sys.exit(f"error: {type(cause).__name__}: {cause}")
+    message = str(e)
+    sys.stderr.write(f"FATAL Flags parsing error: {message}\n"
+                     "Pass --helpshort or --helpfull to see help on flags.\n")
+    sys.exit(1)
+  except (AttributeError, KeyError) as e:
+    bad = _unknown_override(argv)
+    if bad is None:
+      raise  # not a typo on the command line: a bug in a config file keeps its trace
+    sys.exit(f"error: {errors.ConfigError.__name__}: {bad}")
+
+
+def _ddjax_cause(error: BaseException):
+  """The DdjaxError among the exceptions `error` was raised from, innermost first."""
+  from ddjax import errors  # pylint: disable=g-import-not-at-top
+  found, seen = None, set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, errors.DdjaxError) and "Traceback" not in str(error):
+      found = error
+    error = error.__cause__ or error.__context__
+  return found
+
+
+_OVERRIDE = re.compile(r"^--(?:no)?config\.([^=\s]+)")
+
+
+def _unknown_override(argv: list[str], flag: str = "config") -> str | None:
+  """A one-line message for the first `--config.<path>` in argv that names no field.
+
+  The config is rebuilt from `--config=<file>[:<arg>]` to look the paths up; None when
+  every path exists or the config cannot be rebuilt.
+  """
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(":")
+  try:
+    module_spec = importlib.util.spec_from_file_location("_ddjax_config_check", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  for item in argv[1:]:
+    match = _OVERRIDE.match(item)
+    if not match:
+      continue
+    node, walked = config, []
+    for key in match.group(1).split("."):
+      keys = list(node.keys()) if hasattr(node, "keys") else None
+      if keys is None:
+        return (f"--{flag}.{match.group(1)}: config.{'.'.join(walked)} is a "
+                f"{type(node).__name__}, not a group of fields.")
+      if key not in keys:
+        where = f"config.{'.'.join(walked)}" if walked else "the config"
+        close = difflib.get_close_matches(key, [str(k) for k in keys], n=1)
+        hint = f"; did you mean {'.'.join(walked + close)!r}?" if close else (
+            f"; it has {sorted(str(k) for k in keys)}.")
+        return f"--{flag}.{match.group(1)}: {where} has no field {key!r}{hint}"
+      node = node[key]
+      walked.append(key)
+  return None

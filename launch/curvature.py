@@ -7,9 +7,7 @@ r"""Hessian trace, top eigenvalues and spectral density of a model at one parame
 Writes workdir/config.json, workdir/curvature.json and workdir/density.png.
 """
 
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from launch import common
@@ -22,16 +20,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   common.setup()
-  from ddjax import curvature, distill  # pylint: disable=g-import-not-at-top
   from ddjax.curvature import analysis  # pylint: disable=g-import-not-at-top
-  try:
-    result = common.run_reporting_errors(analysis.run_curvature, _CONFIG.value, _WORKDIR.value)
-  except (curvature.NonFiniteCurvatureError, distill.DistilledSetError) as e:
-    logging.error("%s: %s", type(e).__name__, e)
-    sys.exit(f"error: {type(e).__name__}: {e}")
+  result = common.run_reporting_errors(analysis.run_curvature, _CONFIG.value, _WORKDIR.value)
   print(f"results in {_WORKDIR.value}/curvature.json ({result['num_params']:,} parameters, "
         f"{result['num_examples']} examples of {result['data']})")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

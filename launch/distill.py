@@ -7,7 +7,9 @@ r"""Distils a dataset with any method of `ddjax.distill`, then evaluates the res
 
 Writes config.json, metrics.jsonl, checkpoints/, distilled.npz (the portable distilled
 set), results.json and synthetic.png to --workdir. Re-running with the same --workdir
-resumes from its latest checkpoint.
+resumes from its latest checkpoint (--restore=previous: from the newest intact one); a
+workdir holding a run of another config is refused unless --overwrite, which moves that
+run to <workdir>/previous/<n>/.
 """
 
 from absl import app, flags, logging
@@ -18,6 +20,7 @@ from launch import common
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Distillation config.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, metrics, checkpoints and "
                                "the distilled set.")
+_RESTORE, _OVERWRITE = common.define_workdir_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,7 +28,8 @@ def main(argv):
   del argv
   common.setup()
   from ddjax.distill import driver  # pylint: disable=g-import-not-at-top
-  result = common.run_reporting_errors(driver.run_distillation, _CONFIG.value, _WORKDIR.value)
+  result = common.run_reporting_errors(driver.run_distillation, _CONFIG.value, _WORKDIR.value,
+                                       restore=_RESTORE.value, overwrite=_OVERWRITE.value)
   logging.info("Result: %s", result)
   line = (f"protocol_a={result['protocol_a_mean']:.4f}+-{result['protocol_a_std']:.4f}")
   if "dc_mean" in result:
@@ -36,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -31,6 +31,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default workdirs
 _INSTALL_DIR = flags.DEFINE_string("install_dir", None, "Set directory to install into (default: "
                                    "the package's shipped version).")
 _INSTALL = flags.DEFINE_bool("install", True, "Install the finished set and its manifest entry.")
+_RESTORE, _OVERWRITE = common.define_workdir_flags()
 flags.mark_flags_as_required(["config"])
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +97,8 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join(
       _REPO, "workdirs", "pretrained", config.dataset, f"{config.entry}_ipc{config.ipc}")
-  result = common.run_reporting_errors(driver.run_distillation, config, workdir)
+  result = common.run_reporting_errors(driver.run_distillation, config, workdir,
+                                       restore=_RESTORE.value, overwrite=_OVERWRITE.value)
   line = (f"{config.entry} {config.dataset} IPC {config.ipc}: protocol A "
           f"{result['protocol_a_mean']:.4f} +- {result['protocol_a_std']:.4f} after "
           f"{result['iterations']} iterations ({result.get('stop_reason')}), mean "
@@ -113,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

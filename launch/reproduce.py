@@ -28,11 +28,9 @@ def main(argv):
   del argv
   common.setup()
   from ddjax.analysis import reproduce  # pylint: disable=g-import-not-at-top
-  try:
+  try:  # (a ReproductionConfigError is a DdjaxError: run_reporting_errors reports it)
     summary = common.run_reporting_errors(reproduce.run_reproduction, _CONFIG.value,
                                           _WORKDIR.value)
-  except reproduce.ReproductionConfigError as e:
-    sys.exit(f"error: {type(e).__name__}: {e}")
   except reproduce.ReproductionIncomplete as e:
     logging.error("ReproductionIncomplete: %s", e)
     sys.exit(f"error: incomplete reproduction: {e}")
@@ -42,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

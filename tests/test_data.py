@@ -85,10 +85,12 @@ def test_missing_npz_and_unknown_dataset():
 
 def test_tfds_mock_cifar10():
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  with tfds.testing.mock_data(num_examples=12):
+  # (100 examples: with fewer, mock_data's random labels leave classes without training
+  # images, which the loader refuses.)
+  with tfds.testing.mock_data(num_examples=100):
     ds = data.load_dataset("cifar10")
-  chex.assert_shape(ds.x_train, (12, 32, 32, 3))
-  chex.assert_shape(ds.x_test, (12, 32, 32, 3))
+  chex.assert_shape(ds.x_train, (100, 32, 32, 3))
+  chex.assert_shape(ds.x_test, (100, 32, 32, 3))
   assert ds.num_classes == 10 and len(ds.class_names) == 10
   assert ds.y_train.min() >= 0 and ds.y_train.max() < 10
   assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0

@@ -15,7 +15,7 @@ from PIL import Image
 
 from configs.distill import dm as dm_config
 from configs.distill import random as random_config
-from ddjax import checkpoint, data
+from ddjax import checkpoint, data, errors
 from ddjax.distill import base, dm, driver, random_real, synset
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -154,7 +154,8 @@ def test_driver_end_to_end_with_resume(tmp_path, capsys):
   assert len(first["protocol_a_all"]) == 2 and 0.0 <= first["dc_mean"] <= 1.0
   records = _metrics(workdir)
   assert [r["step"] for r in records if "loss" in r] == [1, 2]
-  assert [r["step"] for r in records if "eval_protocol_a_mean" in r] == [1, 2]
+  # Periodic evaluation starts at iteration 0 (the initialisation: the curve's first point).
+  assert [r["step"] for r in records if "eval_protocol_a_mean" in r] == [0, 1, 2]
 
   # Resume with one more iteration: continues from the checkpoint at 2 ...
   config.num_iterations = 3
@@ -182,7 +183,7 @@ def test_driver_end_to_end_with_resume(tmp_path, capsys):
   # Another config in the same workdir: refused, checkpoints untouched.
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   config.ipc = 3
-  with pytest.raises(checkpoint.CheckpointError, match="incompatible"):
+  with pytest.raises(errors.WorkdirConfigMismatch, match=r"ipc: 2 -> 3"):
     driver.run_distillation(config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 

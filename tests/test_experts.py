@@ -73,7 +73,7 @@ def test_buffer_resumes_an_interrupted_group_and_adds_experts(tmp_path, monkeypa
   reference = experts.train_experts(_config(npz, num_experts=3), reference_dir)
   assert reference["num_experts"] == 3
   spec = experts.read_spec(reference_dir)
-  assert spec["num_epochs"] == 2 and spec["weight_decay"] == 5e-4
+  assert spec["num_epochs"] == 2 and spec["weight_decay"] == 0.0  # buffer.py's --l2 default
 
   # Interrupt the first group (experts 0, 1) after its first epoch.
   real_make_epoch_fn = experts.make_epoch_fn

@@ -41,15 +41,16 @@ def test_train_resume_and_errors(tmp_path):
   assert [m["epoch"] for m in records] == [1, 2, 3]
   assert records[-1]["step"] > records[1]["step"]
 
-  # A different model in the same workdir: a clear refusal, and nothing overwritten.
+  # A different model in the same workdir: a clear refusal naming the field, and nothing
+  # overwritten (tests/test_faults.py checks every file by hash).
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   clash = _run(f"--workdir={workdir}", "--config.model_kwargs.width=16")
   assert clash.returncode != 0
-  assert "CheckpointError" in clash.stderr and "incompatible" in clash.stderr
+  assert "error: WorkdirConfigMismatch" in clash.stderr
+  assert "model_kwargs.width: 8 -> 16" in clash.stderr
   assert "Traceback" not in clash.stderr
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
-  # The earlier config is kept beside the new one, not overwritten.
-  assert json.load(open(os.path.join(workdir, "config.1.json")))["model_kwargs"]["width"] == 8
+  assert json.load(open(os.path.join(workdir, "config.json")))["model_kwargs"]["width"] == 8
 
   # Unknown dataset: a one-line error, not a stack trace.
   bad = _run(f"--workdir={tmp_path / 'bad'}", "--config.dataset=not_a_dataset")
@@ -62,7 +63,7 @@ def test_run_reporting_errors_names_ddjax_errors_and_keeps_library_traces():
   import jax.numpy as jnp
   from ddjax import models
   from launch import common
-  with pytest.raises(SystemExit, match="error: ValueError: Unknown model"):
+  with pytest.raises(SystemExit, match="error: ConfigError: Unknown model"):
     common.run_reporting_errors(models.get_model, "not_a_model", 10)
   # A shape bug inside JAX is not a user error: its own exception and trace survive.
   with pytest.raises(TypeError):

@@ -285,3 +285,72 @@ def test_launcher_reports_config_errors_in_one_line(tmp_path):
   assert proc.returncode != 0
   assert "error: ReproductionConfigError: config.methods names ['nope']" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- shipped sets
+
+
+def test_demo_and_full_analyse_the_shipped_sets():
+  for size in ("demo", "full"):
+    config = reproduce_config.get_config(f"dataset=mnist5k,size={size}")
+    assert config.sets == "shipped" and reproduce.uses_shipped_sets(config)
+  for size in ("tiny", "paper"):
+    assert reproduce_config.get_config(f"size={size}").sets == "distil"
+  config = reproduce_config.get_config("size=demo")
+  config.sets = "nope"
+  with pytest.raises(reproduce.ReproductionConfigError, match="config.sets"):
+    reproduce.uses_shipped_sets(config)
+
+
+def test_full_size_has_the_faithful_settings_on_the_tiny_tested_fields():
+  """`full` sets values, never new fields: every field it sets is one the analyses read at
+  size=tiny (the end-to-end test above), so the full run exercises tested code paths."""
+  full = reproduce_config.get_config("dataset=mnist5k,size=full")
+  tiny = reproduce_config.get_config("dataset=mnist5k,size=tiny")
+
+  def keys(cfg, prefix=""):
+    out = set()
+    for k, v in cfg.items():
+      out |= keys(v, f"{prefix}{k}.") if hasattr(v, "items") else {prefix + k}
+    return out
+
+  assert keys(full.analysis) == keys(tiny.analysis)
+  a = full.analysis
+  assert a.model_kwargs.width == 32 and a.protocol_a.steps == 300 and a.protocol_a.num_seeds == 5
+  # Mixing: the paper's additions and steps, an independent random baseline.
+  assert a.mixing.additions == "0,2,10,50,250" and a.mixing.steps == 0
+  assert a.mixing.baseline == "random_independent"
+  assert "random_independent" in full.methods.split(",")
+  assert full.distill.random_independent.seed == full.distill.random.seed + 1
+  # Agreement: >= 100 subset models over the paper's 0.5-5 % range, >= 30 early-stopped runs.
+  agr = a.agreement
+  assert len(agr.subset_fractions) * agr.models_per_fraction >= 100
+  assert min(agr.subset_fractions) == 0.005 and max(agr.subset_fractions) == 0.05
+  assert agr.early_seeds >= 30 and agr.match_tolerance == 0.01
+  # Curvature: all 300 states, PyHessian's rule on the full train split.
+  cur = a.curvature_over_training
+  assert (cur.num_steps, cur.stride, cur.num_probes, cur.train_subset) == (300, 1, 0, 0)
+  # Influence: every image, every test image, the distillation's width.
+  inf = a.influence
+  assert (inf.points_per_class, inf.test_per_class, inf.width, inf.max_sets) == (0, 0, 0, 0)
+
+
+def test_shipped_set_is_copied_in_not_distilled(tmp_path, monkeypatch):
+  from ddjax.distill import pretrained  # pylint: disable=g-import-not-at-top
+  if ("mnist5k", "random", 10) not in pretrained.available():
+    pytest.fail("the shipped random IPC-10 set is missing")
+  def refuse(*args, **kwargs):
+    raise AssertionError("a shipped set was distilled")
+  monkeypatch.setattr(driver, "run_distillation", refuse)
+  config = _config(methods="random", analyses="pixels")
+  config.sets = "shipped"
+  workdir = str(tmp_path / "repro")
+  summary = reproduce.run_reproduction(config, workdir, verbose=False)
+  res = summary["distill"]["random"]
+  record = pretrained.read_manifest()["entries"]["mnist5k/random_ipc10"]
+  assert res["source"] == "shipped" and res["sha256"] == record["sha256"]
+  assert res["protocol_a_mean"] == record["protocol_a_mean"]
+  shipped = pretrained.load_pretrained("mnist5k", "random", 10)
+  copied = np.load(os.path.join(workdir, "distill", "random", driver.DISTILLED_FILE))
+  np.testing.assert_array_equal(copied["images"], shipped.images)
+  assert "pixels" in summary["analysis"] and not summary["failures"]

@@ -49,9 +49,11 @@ import ml_collections
 from configs import common
 from configs.distill import common as distill_common
 from configs.distill import dc
+from ddjax.errors import ConfigError
 
 # (dataset, ipc) -> overrides of the defaults below; see the module docstring.
-_RTP = dict(inner_steps=150, window=0, batch_per_class=10, real_per_class=64, optimizer="sgd",
+# RTP (Remember-the-Past), the BPTT of "What is Dataset Distillation Learning?".
+RTP_PRESET = _RTP = dict(inner_steps=150, window=0, batch_per_class=10, real_per_class=64, optimizer="sgd",
             lr_img=0.1, init="noise", preprocess="zca_reg", learn_labels=False)
 _RAT_C10 = dict(inner_steps=200, window=60, batch_per_class=10, real_per_class=500,
                 optimizer="adam", lr_img=1e-3, init="real", preprocess="zca_reg",
@@ -73,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, dataset="mnist5k", ipc=10, quick=False, converged=False,
                          unroll="rat")
   if arg.unroll not in ("rat", "full"):
-    raise ValueError(f"bptt unroll must be 'rat' (RaT-BPTT window) or 'full' (RTP-style "
+    raise ConfigError(f"bptt unroll must be 'rat' (RaT-BPTT window) or 'full' (RTP-style "
                      f"full unroll), got {arg.unroll!r}.")
   config = distill_common.base_config("bptt", arg.dataset, arg.ipc)
   config.num_iterations = 5000

@@ -1,4 +1,4 @@
-r"""KIP: kernel inducing points with the infinite-width ConvNet NTK (neural-tangents).
+r"""KIP: kernel inducing points with the infinite-width ConvNet NTK (ddjax/distill/ntk.py).
 
     python -m launch.distill --config=configs/distill/kip.py:dataset=mnist5k,ipc=10 \
         --workdir=/tmp/ddjax/kip_mnist5k_ipc10

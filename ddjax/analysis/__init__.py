@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
+from ddjax.errors import ConfigError
+
 # name -> (module, function). Q1 "can it substitute for real data?" (paper section 3),
 # Q2 "what information does it hold?" (section 4), Q3 "does each point carry meaning?" (5).
 ANALYSES: dict[str, tuple[str, str]] = {
@@ -29,7 +31,7 @@ ANALYSES: dict[str, tuple[str, str]] = {
 
 def get_analysis(name: str) -> Callable[[Any, str], dict]:
   if name not in ANALYSES:
-    raise ValueError(f"Unknown analysis {name!r}; expected one of {sorted(ANALYSES)}.")
+    raise ConfigError(f"Unknown analysis {name!r}; expected one of {sorted(ANALYSES)}.")
   module, fn = ANALYSES[name]
   return getattr(importlib.import_module(module), fn)
 

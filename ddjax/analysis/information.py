@@ -44,6 +44,7 @@ from scipy import stats
 from ddjax import curvature, data, models, parallel, train
 from ddjax.analysis import common
 from ddjax.distill import synset
+from ddjax.errors import ConfigError
 
 DistilledSetError = synset.DistilledSetError
 
@@ -66,8 +67,8 @@ CACHE_DIR = "information_cache"
 def _section(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   section = config.get(name)
   if section is None:
-    raise ValueError(f"config has no {name!r} section; build it with "
-                     "configs/analysis/information.py:add_sections (or configs/analysis/paper.py).")
+    raise ConfigError(f"config has no {name!r} section; build it with configs/analysis/"
+                      "information.py:add_sections (or configs/analysis/paper.py).")
   return section
 
 
@@ -166,14 +167,14 @@ def _check_positive_int(section_name: str, section, *fields) -> None:
   for f in fields:
     v = section[f]
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-      raise ValueError(f"config.{section_name}.{f} must be a positive integer, got {v!r}.")
+      raise ConfigError(f"config.{section_name}.{f} must be a positive integer, got {v!r}.")
 
 
 def _check_fraction(section_name: str, field: str, value, *, allow_zero: bool = False) -> None:
   lo_ok = value >= 0 if allow_zero else value > 0
   if not (lo_ok and value <= 1):
     interval = "[0, 1]" if allow_zero else "(0, 1]"
-    raise ValueError(f"config.{section_name}.{field} must be in {interval}, got {value!r}.")
+    raise ConfigError(f"config.{section_name}.{field} must be in {interval}, got {value!r}.")
 
 
 # ----------------------------------------------------------------------------- E5 agreement
@@ -191,7 +192,7 @@ def subset_per_class(fraction: float, class_count: int) -> int:
   """Images per class of a `fraction` subset: int(fraction * count), at least 1 (the
   paper's int(5000 * s))."""
   if not 0 < fraction <= 1:
-    raise ValueError(f"Subset fraction must be in (0, 1], got {fraction!r}.")
+    raise ConfigError(f"Subset fraction must be in (0, 1], got {fraction!r}.")
   return max(1, int(fraction * class_count))
 
 
@@ -400,12 +401,12 @@ def run_agreement(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       "subset_epochs", "early_seeds", "early_epochs")
   fractions = [float(f) for f in section.subset_fractions]
   if not fractions:
-    raise ValueError("config.agreement.subset_fractions is empty.")
+    raise ConfigError("config.agreement.subset_fractions is empty.")
   for f in fractions:
     _check_fraction("agreement", "subset_fractions", f)
   if not section.match_tolerance >= 0:
-    raise ValueError(f"config.agreement.match_tolerance must be >= 0, got "
-                     f"{section.match_tolerance}.")
+    raise ConfigError(f"config.agreement.match_tolerance must be >= 0, got "
+                      f"{section.match_tolerance}.")
   adata = common.load_analysis_data(config)
   real, distilled = adata.real, adata.distilled
   names = _selected_names(section, distilled, "agreement")
@@ -675,8 +676,8 @@ def run_recognition_over_training(config: ml_collections.ConfigDict, workdir: st
   _check_fraction("recognition_over_training", "level", section.level)
   _check_fraction("recognition_over_training", "final_window", section.final_window)
   if section.test_subset < 0:
-    raise ValueError(f"config.recognition_over_training.test_subset must be >= 0, got "
-                     f"{section.test_subset}.")
+    raise ConfigError(f"config.recognition_over_training.test_subset must be >= 0, got "
+                      f"{section.test_subset}.")
   adata = common.load_analysis_data(config)
   real, distilled = adata.real, adata.distilled
   names = _selected_names(section, distilled, "recognition_over_training")
@@ -906,13 +907,13 @@ def run_curvature_over_training(config: ml_collections.ConfigDict, workdir: str)
   _check_positive_int("curvature_over_training", section, "num_steps", "stride", "num_seeds",
                       "max_probes", "probe_batch", "hvp_batch_size")
   if section.num_probes < 0 or section.train_subset < 0:
-    raise ValueError("config.curvature_over_training.num_probes and train_subset must be >= 0.")
+    raise ConfigError("config.curvature_over_training.num_probes and train_subset must be >= 0.")
   if section.num_probes == 0 and not section.tol > 0:
-    raise ValueError("config.curvature_over_training.tol must be > 0 when num_probes = 0 "
-                     "(PyHessian's stopping rule).")
+    raise ConfigError("config.curvature_over_training.tol must be > 0 when num_probes = 0 "
+                      "(PyHessian's stopping rule).")
   if not 0 <= section.ema_decay < 1:
-    raise ValueError(f"config.curvature_over_training.ema_decay must be in [0, 1), got "
-                     f"{section.ema_decay}.")
+    raise ConfigError(f"config.curvature_over_training.ema_decay must be in [0, 1), got "
+                      f"{section.ema_decay}.")
   adata = common.load_analysis_data(config)
   real, distilled = adata.real, adata.distilled
   names = _selected_names(section, distilled, "curvature_over_training")

@@ -9,6 +9,9 @@ Stages, each resumable (a finished piece is skipped, never redone):
 2. distill   every method of `config.methods` with `ddjax.distill.driver.run_distillation`
              into `<workdir>/distill/<method>/` (skipped when its distilled.npz and
              results.json exist; a partly done run resumes from its orbax checkpoint).
+             With `config.sets = "shipped"` a method whose converged set ships with ddjax
+             (`ddjax.distill.load_pretrained`) is copied in instead, verified against the
+             manifest; a method with no shipped set at this dataset and IPC is distilled.
 3. analysis  every analysis of `config.analyses` (`ddjax.analysis.ANALYSES`) on the
              distilled sets, into `<workdir>/analysis/` (skipped when `<name>.json` exists
              and its inputs, the sets' content and the analysis config, are unchanged).
@@ -31,13 +34,14 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import traceback
 from typing import Any, Callable
 
 import ml_collections
 
-from ddjax import data, experts
+from ddjax import data, errors, experts
 from ddjax import workdir as workdir_lib
 from ddjax.distill import driver
 
@@ -53,7 +57,7 @@ class ReproductionIncomplete(RuntimeError):
   """Some methods or analyses failed; the report was written without them."""
 
 
-class ReproductionConfigError(ValueError):
+class ReproductionConfigError(errors.ConfigError):
   """The reproduction config is inconsistent (unknown method or analysis, experts that
   MTT could not use); raised before any work starts."""
 
@@ -278,7 +282,51 @@ def distilled_done(method_dir: str) -> bool:
              for f in (driver.DISTILLED_FILE, driver.RESULTS_FILE))
 
 
+def uses_shipped_sets(config: ml_collections.ConfigDict) -> bool:
+  """Whether the reproduction analyses ddjax's shipped sets instead of distilling."""
+  sets = config.get("sets", "distil")
+  if sets not in ("shipped", "distil"):
+    raise ReproductionConfigError(f"config.sets must be 'shipped' or 'distil', got {sets!r}.")
+  return sets == "shipped"
+
+
+def shipped_entry(config: ml_collections.ConfigDict, method: str) -> dict | None:
+  """The manifest entry of the shipped set for `method` at this dataset and IPC, if any."""
+  from ddjax.distill import pretrained  # pylint: disable=g-import-not-at-top
+  name = pretrained.entry_name(config.dataset, method, int(config.ipc))
+  return pretrained.read_manifest()["entries"].get(name)
+
+
+def install_shipped(config: ml_collections.ConfigDict, method: str, method_dir: str) -> dict:
+  """Copies a shipped set (verified against its manifest) into `method_dir` as a finished
+  distillation: distilled.npz, synthetic.png, progress.png and a results.json built from
+  the manifest entry (`source: shipped`). Returns the results."""
+  from ddjax.distill import pretrained, synset  # pylint: disable=g-import-not-at-top
+  record = shipped_entry(config, method)
+  dset = pretrained.load_pretrained(config.dataset, method, int(config.ipc))
+  os.makedirs(method_dir, exist_ok=True)
+  synset.save_distilled(os.path.join(method_dir, driver.DISTILLED_FILE), dset)
+  base = pretrained.set_dir()
+  for field, name in (("grid_figure", driver.GRID_FILE), ("progress_figure", driver.PROGRESS_FILE)):
+    if record.get(field):
+      shutil.copyfile(os.path.join(base, record[field]), os.path.join(method_dir, name))
+  keep = ("method", "dataset", "ipc", "num_classes", "iterations", "stop_reason",
+          "distill_seconds", "cpu_seconds", "learned_lr", "protocol_a_mean", "protocol_a_std",
+          "protocol_a_all", "init_protocol_a_mean", "init_correlation", "plateau", "commit",
+          "command", "sha256")
+  results = {k: record.get(k) for k in keep}
+  results.update(source="shipped", method=dset.method, eval_model="convnet",
+                 eval_model_kwargs=record.get("evaluation", {}).get("model_kwargs", {}),
+                 distilled=os.path.join(method_dir, driver.DISTILLED_FILE),
+                 grid=os.path.join(method_dir, driver.GRID_FILE))
+  workdir_lib.write_json(os.path.join(method_dir, driver.RESULTS_FILE), results)
+  return results
+
+
 def experts_stage(config, workdir: str, methods: list[str], timer: Timer) -> None:
+  if uses_shipped_sets(config) and all(shipped_entry(config, m) for m in methods):
+    timer.skip("experts", "mtt experts", "the shipped sets are analysed")
+    return
   buffer_dir = method_config(config, "mtt", workdir).mtt.buffer_dir if "mtt" in methods else ""
   if "mtt" not in methods:
     timer.skip("experts", "mtt experts", "MTT not among the methods")
@@ -303,7 +351,13 @@ def distill_stage(config, workdir: str, methods: list[str], timer: Timer) -> dic
     method_dir = os.path.join(workdir, DISTILL_DIR, method)
     if distilled_done(method_dir):
       timer.skip("distill", method, "distilled.npz present")
+    elif uses_shipped_sets(config) and shipped_entry(config, method):
+      timer.run("distill", method,
+                lambda m=method, d=method_dir: install_shipped(config, m, d), keep_going=False)
     else:
+      if uses_shipped_sets(config):
+        logging.warning("No shipped %s set for %s at IPC %d: distilling it here with this "
+                        "config.", method, config.dataset, int(config.ipc))
       if method == "mtt" and any(r.stage == "experts" and r.status == "failed"
                                  for r in timer.records):
         timer.skip("distill", method, "no experts (their training failed)")

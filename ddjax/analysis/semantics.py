@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from ddjax import curvature, data, influence as influence_lib, models
 from ddjax.analysis import common
 from ddjax.distill import synset
+from ddjax.errors import ConfigError
 
 DistilledSetError = synset.DistilledSetError
 
@@ -209,13 +210,13 @@ def coherence_tests(key: jax.Array, matrix, row_labels, pool_labels, features, *
   if features.shape[0] != pool_labels.size:
     raise ValueError(f"{features.shape[0]} feature rows for {pool_labels.size} test images.")
   if k < 2:
-    raise ValueError(f"coherence needs k >= 2 (pairwise similarity), got {k}.")
+    raise ConfigError(f"coherence needs k >= 2 (pairwise similarity), got {k}.")
   num_classes = int(num_classes or max(pool_labels.max(), row_labels.max()) + 1)
   counts = np.bincount(pool_labels, minlength=num_classes)
   short = sorted({int(c) for c in row_labels if counts[c] < k})
   if short:
-    raise ValueError(f"The test pool has fewer than k={k} images of class(es) {short}; "
-                     "raise the test subset or lower coherence.top_k.")
+    raise ConfigError(f"The test pool has fewer than k={k} images of class(es) {short}; "
+                      "raise the test subset or lower coherence.top_k.")
   unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
   gram = jnp.asarray(unit @ unit.T)
   top = top_helped(matrix, k)
@@ -622,8 +623,8 @@ def _approx_for_set(config, workdir, name, dset, real, res) -> dict[str, Any]:
   methods = [m.strip() for m in str(sec.methods).split(",") if m.strip()]
   unknown = [m for m in methods if m not in influence_lib.METHODS]
   if unknown:
-    raise ValueError(f"Unknown influence_approx method(s) {unknown}; expected some of "
-                     f"{influence_lib.METHODS}.")
+    raise ConfigError(f"Unknown influence_approx method(s) {unknown}; expected some of "
+                      f"{influence_lib.METHODS}.")
   # Only the settings the matrices depend on (not which sets, k or plotting).
   solver = {k: v for k, v in sec.to_dict().items()
             if k not in ("sets", "max_sets", "top_k", "max_scatter_points")}

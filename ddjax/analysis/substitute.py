@@ -35,6 +35,7 @@ from scipy import stats
 from ddjax import data, models, train
 from ddjax.analysis import common
 from ddjax.distill import synset
+from ddjax.errors import ConfigError
 
 DistilledSetError = synset.DistilledSetError
 
@@ -56,8 +57,8 @@ MATCHING_METHODS = ("dm", "dc", "dsa")
 def _section(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   section = config.get(name)
   if section is None:
-    raise ValueError(f"config has no {name!r} section; build it with "
-                     f"configs/analysis/substitute.py:add_sections (or configs/analysis/paper.py).")
+    raise ConfigError(f"config has no {name!r} section; build it with configs/analysis/"
+                      f"substitute.py:add_sections (or configs/analysis/paper.py).")
   return section
 
 
@@ -81,10 +82,10 @@ def _set_label(name: str, dset: synset.DistilledSet) -> str:
 def _parse_models(spec) -> list[str]:
   names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
   if not names:
-    raise ValueError("config.recognition.models is empty; name at least one model.")
+    raise ConfigError("config.recognition.models is empty; name at least one model.")
   out = [models.canonical_model_name(n) for n in names]
   if len(set(out)) != len(out):
-    raise ValueError(f"config.recognition.models lists a model twice: {names}.")
+    raise ConfigError(f"config.recognition.models lists a model twice: {names}.")
   return out
 
 
@@ -100,7 +101,7 @@ def model_spec(config: ml_collections.ConfigDict, name: str) -> tuple[dict, int]
   if rec is not None and name in rec.get("epochs", {}):
     epochs = int(rec.epochs[name])
   if epochs < 1:
-    raise ValueError(f"Real model {name}: epochs must be >= 1, got {epochs}.")
+    raise ConfigError(f"Real model {name}: epochs must be >= 1, got {epochs}.")
   return kwargs, epochs
 
 
@@ -173,7 +174,7 @@ def run_recognition(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for m in model_names:
     n = int(section.num_seeds.get(m, 1)) if "num_seeds" in section else 1
     if n < 1:
-      raise ValueError(f"config.recognition.num_seeds.{m} must be >= 1, got {n}.")
+      raise ConfigError(f"config.recognition.num_seeds.{m} must be >= 1, got {n}.")
     seeds[m] = [int(config.seed) + i for i in range(n)]
     jobs += [(m, s) for s in seeds[m]]
 
@@ -377,7 +378,7 @@ def project_2d(features: np.ndarray, method: str, seed: int, n_neighbors: int = 
     mean = fit.mean(0)
     _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
     return ((features - mean) @ vt[:2].T).astype(np.float32)
-  raise ValueError(f"Unknown projection {method!r}; expected umap or pca.")
+  raise ConfigError(f"Unknown projection {method!r}; expected umap or pca.")
 
 
 def _cached_projection(features, num_fit, method, seed, section, workdir) -> np.ndarray:
@@ -414,15 +415,15 @@ def run_embedding(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model_name = models.canonical_model_name(section.model)
   k = int(section.k)
   if k < 1:
-    raise ValueError(f"config.embedding.k must be >= 1, got {k}.")
+    raise ConfigError(f"config.embedding.k must be >= 1, got {k}.")
   if section.num_seeds < 1:
-    raise ValueError(f"config.embedding.num_seeds must be >= 1, got {section.num_seeds}.")
+    raise ConfigError(f"config.embedding.num_seeds must be >= 1, got {section.num_seeds}.")
   if not 0.0 < section.inlier_quantile <= 1.0:
-    raise ValueError(f"config.embedding.inlier_quantile must be in (0, 1], got "
-                     f"{section.inlier_quantile}.")
+    raise ConfigError(f"config.embedding.inlier_quantile must be in (0, 1], got "
+                      f"{section.inlier_quantile}.")
   if section.projection not in ("umap", "pca") or section.projection_fit not in ("real", "all"):
-    raise ValueError(f"config.embedding: projection must be umap or pca and projection_fit "
-                     f"real or all, got {section.projection!r} / {section.projection_fit!r}.")
+    raise ConfigError(f"config.embedding: projection must be umap or pca and projection_fit "
+                      f"real or all, got {section.projection!r} / {section.projection_fit!r}.")
   adata = common.load_analysis_data(config)
   real, distilled = adata.real, adata.distilled
   names = ordered_set_names(distilled)
@@ -476,8 +477,8 @@ def run_embedding(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if section.plot_sets else names)
   unknown = [s for s in plot_names if s not in distilled]
   if unknown:
-    raise ValueError(f"config.embedding.plot_sets names {unknown}, not among the distilled "
-                     f"sets {names}.")
+    raise ConfigError(f"config.embedding.plot_sets names {unknown}, not among the distilled "
+                      f"sets {names}.")
   stacked = np.concatenate([real_feats] + [set_feats[n] for n in plot_names])
   num_fit = real_feats.shape[0] if section.projection_fit == "real" else stacked.shape[0]
   xy = _cached_projection(stacked, num_fit, section.projection, config.seed, section, workdir)

@@ -48,6 +48,7 @@ import optax
 from ddjax import augment, data, models, parallel, train
 from ddjax import workdir as workdir_lib
 from ddjax.analysis import common
+from ddjax.errors import ConfigError
 from ddjax.models import layers
 
 # Digit datasets: horizontal flips change a digit's meaning (DSA drops 'flip' for MNIST).
@@ -121,10 +122,10 @@ def _number(name: str, text: str, kind=float):
   try:
     value = kind(text)
   except ValueError:
-    raise ValueError(f"Training-setup variant {name!r}: {text!r} is not a valid "
-                     f"{'integer' if kind is int else 'number'}.") from None
+    raise ConfigError(f"Training-setup variant {name!r}: {text!r} is not a valid "
+                      f"{'integer' if kind is int else 'number'}.") from None
   if not math.isfinite(value) or value <= 0:
-    raise ValueError(f"Training-setup variant {name!r}: the value must be positive, got {text!r}.")
+    raise ConfigError(f"Training-setup variant {name!r}: the value must be positive, got {text!r}.")
   return value
 
 
@@ -140,7 +141,7 @@ def parse_variant(name: str, standard: TrainingSetup, *, adam_lr: float = 1e-3,
   ConvNet fields except the width).
   """
   if not isinstance(name, str) or not name:
-    raise ValueError(f"A training-setup variant must be a non-empty string, got {name!r}.")
+    raise ConfigError(f"A training-setup variant must be a non-empty string, got {name!r}.")
   replace = functools.partial(dataclasses.replace, standard, name=name)
   if name == "standard":
     return standard
@@ -154,8 +155,8 @@ def parse_variant(name: str, standard: TrainingSetup, *, adam_lr: float = 1e-3,
     return replace(batch_size=int(minibatch_size))
   match = re.fullmatch(r"(lr_x|steps_|minibatch_|wd_|norm_|arch_)(.+)", name)
   if match is None:
-    raise ValueError(f"Unknown training-setup variant {name!r}; expected one of "
-                     f"{', '.join(VARIANT_FORMS)} (e.g. lr_x0.1, steps_1000, arch_alexnet).")
+    raise ConfigError(f"Unknown training-setup variant {name!r}; expected one of "
+                      f"{', '.join(VARIANT_FORMS)} (e.g. lr_x0.1, steps_1000, arch_alexnet).")
   prefix, value = match.groups()
   if prefix == "lr_x":
     return replace(learning_rate=standard.learning_rate * _number(name, value))
@@ -167,17 +168,17 @@ def parse_variant(name: str, standard: TrainingSetup, *, adam_lr: float = 1e-3,
     return replace(weight_decay=_number(name, value))
   if prefix == "norm_":
     if value not in layers.NORMS:
-      raise ValueError(f"Training-setup variant {name!r}: unknown norm {value!r}; expected "
-                       f"one of {layers.NORMS}.")
+      raise ConfigError(f"Training-setup variant {name!r}: unknown norm {value!r}; expected "
+                        f"one of {layers.NORMS}.")
     if not standard.model.startswith("convnet"):
-      raise ValueError(f"Training-setup variant {name!r} changes a ConvNet's norm, but the "
-                       f"standard network is {standard.model!r}.")
+      raise ConfigError(f"Training-setup variant {name!r} changes a ConvNet's norm, but the "
+                        f"standard network is {standard.model!r}.")
     return replace(model_kwargs=_kwargs_tuple({**dict(standard.model_kwargs), "norm": value}))
   # arch_<model>
   try:
     model = models.canonical_model_name(value)
   except ValueError as e:
-    raise ValueError(f"Training-setup variant {name!r}: {e}") from None
+    raise ConfigError(f"Training-setup variant {name!r}: {e}") from None
   standard_kwargs = dict(standard.model_kwargs)
   if model.startswith("convnet") and standard.model.startswith("convnet"):
     kwargs = {k: v for k, v in standard_kwargs.items() if k != "width"}
@@ -191,9 +192,9 @@ def variants_from_config(config: ml_collections.ConfigDict,
   """{name: setup} for `section.variants`; every name is checked before any work."""
   names = _as_list(section.variants, str)
   if not names:
-    raise ValueError("config.sensitivity.variants is empty; name at least 'standard'.")
+    raise ConfigError("config.sensitivity.variants is empty; name at least 'standard'.")
   if len(set(names)) != len(names):
-    raise ValueError(f"config.sensitivity.variants repeats a name: {names}.")
+    raise ConfigError(f"config.sensitivity.variants repeats a name: {names}.")
   if "standard" not in names:
     names = ["standard"] + names  # every drop is measured against it
   standard = standard_setup(config, section)
@@ -213,7 +214,7 @@ def make_optimizer(setup: TrainingSetup) -> optax.GradientTransformation:
     adam = optax.adam(setup.learning_rate)
     return optax.chain(optax.add_decayed_weights(setup.weight_decay), adam) \
         if setup.weight_decay else adam
-  raise ValueError(f"Unknown optimizer {setup.optimizer!r}; expected 'sgd' or 'adam'.")
+  raise ConfigError(f"Unknown optimizer {setup.optimizer!r}; expected 'sgd' or 'adam'.")
 
 
 @functools.lru_cache(maxsize=64)
@@ -256,7 +257,7 @@ def _vmapped_run_fn(setup: TrainingSetup, num_classes: int):
 def seed_keys(seed: int, num_seeds: int) -> jax.Array:
   """The init keys shared by every set, addition and variant (so differences are paired)."""
   if num_seeds < 1:
-    raise ValueError(f"num_seeds must be >= 1, got {num_seeds}.")
+    raise ConfigError(f"num_seeds must be >= 1, got {num_seeds}.")
   return jax.random.split(jax.random.PRNGKey(seed), num_seeds)
 
 
@@ -284,7 +285,7 @@ def addition_indices(key: jax.Array, labels, additions: Sequence[int],
   if not additions:
     return {}
   if min(additions) < 0:
-    raise ValueError(f"Real additions per class must be >= 0, got {additions}.")
+    raise ConfigError(f"Real additions per class must be >= 0, got {additions}.")
   largest = max(additions)
   per_class = data.class_balanced_indices(key, labels, largest, num_classes).reshape(
       num_classes, largest)
@@ -339,7 +340,7 @@ def _collect_sets(config, section, adata: common.AnalysisData, name: str) -> lis
                                    f"the distilled sets {sorted(adata.distilled)}.")
   hard = section.get("labels", "as_distilled")
   if hard not in ("as_distilled", "hard"):
-    raise ValueError(f"config.{name}.labels must be 'as_distilled' or 'hard', got {hard!r}.")
+    raise ConfigError(f"config.{name}.labels must be 'as_distilled' or 'hard', got {hard!r}.")
   out = []
   for set_name in sorted(adata.distilled):
     if set_name == baseline_name or (wanted and set_name not in wanted):
@@ -426,8 +427,8 @@ def _progress(config, total: int, desc: str):
 
 def _section(config, name: str) -> ml_collections.ConfigDict:
   if name not in config:
-    raise ValueError(f"config has no '{name}' section; build it with "
-                     f"configs/analysis/training_setup.py add_sections(config).")
+    raise ConfigError(f"config has no '{name}' section; build it with "
+                      f"configs/analysis/training_setup.py add_sections(config).")
   return config[name]
 
 
@@ -447,10 +448,10 @@ def run_mixing(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     additions = sorted(set(_as_list(section.additions, int)))
   except ValueError:
-    raise ValueError(f"config.mixing.additions must be integers per class like '0,2,10', "
-                     f"got {section.additions!r}.") from None
+    raise ConfigError(f"config.mixing.additions must be integers per class like '0,2,10', "
+                      f"got {section.additions!r}.") from None
   if not additions:
-    raise ValueError("config.mixing.additions is empty; e.g. '0,2,10,50,250'.")
+    raise ConfigError("config.mixing.additions is empty; e.g. '0,2,10,50,250'.")
   sets = _collect_sets(config, section, adata, "mixing")
   setup = standard_setup(config, section)
   num_seeds = _num_seeds(config, section)

@@ -23,6 +23,7 @@ import numpy as np
 
 from ddjax import checkpoint, models, train, workdir as workdir_lib
 from ddjax.curvature import estimators, operators
+from ddjax.errors import ConfigError
 
 
 def _load_state(config: ml_collections.ConfigDict):
@@ -66,7 +67,7 @@ def _select_data(config, ds, pre):
           f"model's data is preprocessed with {pre.kind!r}.")
     x, y = dset.images, dset.labels
   else:
-    raise ValueError(f"Unknown data {config.data!r}; expected train, test or distilled:PATH.")
+    raise ConfigError(f"Unknown data {config.data!r}; expected train, test or distilled:PATH.")
   if config.num_examples and config.num_examples < x.shape[0]:
     idx = np.sort(np.asarray(jax.random.permutation(jax.random.PRNGKey(config.seed), x.shape[0]))
                   [:config.num_examples])
@@ -112,14 +113,14 @@ def _plot(path: str, grid, density, top: list[float] | None, title: str) -> None
 
 def run_curvature(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Computes the configured curvature quantities and writes them to `workdir`."""
-  workdir_lib.prepare_workdir(workdir, config)
   key = jax.random.PRNGKey(config.seed)
   model, variables, ds, pre, source = _load_state(config)
   x, y = _select_data(config, ds, pre)
   build = {"hessian": operators.hessian_operator,
            "ggn": operators.gauss_newton_operator}.get(config.operator)
   if build is None:
-    raise ValueError(f"Unknown operator {config.operator!r}; expected hessian or ggn.")
+    raise ConfigError(f"Unknown operator {config.operator!r}; expected hessian or ggn.")
+  workdir_lib.prepare_workdir(workdir, config)  # after the inputs are validated
   kw = dict(batch_size=config.batch_size or None, batch_stats=config.batch_stats, l2=config.l2,
             precision=config.precision or None)
   op = build(model, variables, x, y, subset=_subset(config.subset), **kw)
@@ -155,7 +156,7 @@ def run_curvature(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
       pairs, seconds = _timed(estimators.power_iteration, op, jax.random.fold_in(key, 3),
                               k=config.topk.k, max_iters=config.topk.num_iters or 100)
     else:
-      raise ValueError(f"Unknown topk.method {config.topk.method!r}; expected lanczos or power.")
+      raise ConfigError(f"Unknown topk.method {config.topk.method!r}; expected lanczos or power.")
     top = pairs.eigenvalues.tolist()
     result["topk"] = {"method": config.topk.method, "eigenvalues": top,
                       "residuals": pairs.residuals.tolist(),

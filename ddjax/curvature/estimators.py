@@ -39,6 +39,7 @@ from jax.flatten_util import ravel_pytree
 
 from ddjax import parallel
 from ddjax.curvature.operators import LinearOperator, NonFiniteCurvatureError, flatten
+from ddjax.errors import ConfigError
 
 PyTree = Any
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -152,11 +153,11 @@ def hutchinson_trace(op: LinearOperator, key: jax.Array, *, num_probes: int | No
   fixed = num_probes is not None
   count = num_probes if fixed else max_probes
   if count < 1 or probe_batch < 1:
-    raise ValueError(f"Need at least one probe and probe_batch >= 1 (got {count}, {probe_batch}).")
+    raise ConfigError(f"Need at least one probe and probe_batch >= 1 (got {count}, {probe_batch}).")
   if fixed and num_probes % probe_batch:
-    raise ValueError(f"num_probes={num_probes} must be a multiple of probe_batch={probe_batch}.")
+    raise ConfigError(f"num_probes={num_probes} must be a multiple of probe_batch={probe_batch}.")
   if not fixed and not tol > 0:
-    raise ValueError(f"tol must be positive, got {tol}; pass num_probes for a fixed count.")
+    raise ConfigError(f"tol must be positive, got {tol}; pass num_probes for a fixed count.")
   samples, used = hutchinson_samples(op, key, max_probes=count, tol=None if fixed else float(tol),
                                      probe_batch=probe_batch, mesh=mesh)
   used = int(used)
@@ -232,7 +233,7 @@ def power_iteration(op: LinearOperator, key: jax.Array, *, k: int = 1, max_iters
   prefer `lanczos_topk`.
   """
   if k < 1 or k > op.size:
-    raise ValueError(f"k must be in [1, {op.size}], got {k}.")
+    raise ConfigError(f"k must be in [1, {op.size}], got {k}.")
   basis, (lams, residuals, iters, done) = _power(op, key, k=k, max_iters=max_iters, tol=float(tol))
   lams = np.asarray(lams, np.float64)
   if not np.all(np.isfinite(lams)) or not np.all(np.isfinite(np.asarray(basis))):
@@ -338,11 +339,11 @@ def lanczos_topk(op: LinearOperator, key: jax.Array, k: int, *, num_iters: int |
   arithmetic.
   """
   if which not in _WHICH:
-    raise ValueError(f"Unknown which={which!r}; expected one of {_WHICH}.")
+    raise ConfigError(f"Unknown which={which!r}; expected one of {_WHICH}.")
   p = op.size
   m = min(p, num_iters or max(3 * k, 30))
   if not 1 <= k <= m:
-    raise ValueError(f"Need 1 <= k <= num_iters <= dim; got k={k}, num_iters={m}, dim={p}.")
+    raise ConfigError(f"Need 1 <= k <= num_iters <= dim; got k={k}, num_iters={m}, dim={p}.")
   res = lanczos(op, key, m, reorthogonalize=reorthogonalize)
   theta, s = tridiagonal_eigh(res.alphas, res.betas)
   order = {"largest": np.argsort(-theta), "smallest": np.argsort(theta),
@@ -422,10 +423,10 @@ def slq(op: LinearOperator, key: jax.Array, *, num_probes: int = 1, num_iters: i
   """
   p = op.size
   if not 1 <= num_iters <= p:
-    raise ValueError(f"num_iters must be in [1, {p}], got {num_iters}.")
+    raise ConfigError(f"num_iters must be in [1, {p}], got {num_iters}.")
   if num_probes < 1 or probe_batch < 1 or num_probes % probe_batch:
-    raise ValueError(f"num_probes ({num_probes}) must be a positive multiple of probe_batch "
-                     f"({probe_batch}).")
+    raise ConfigError(f"num_probes ({num_probes}) must be a positive multiple of probe_batch "
+                      f"({probe_batch}).")
   alphas, betas, breakdowns = _slq(op, key, num_probes=num_probes, num_iters=num_iters,
                                    probe_batch=probe_batch)
   nodes, weights = [], []

@@ -54,6 +54,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from ddjax import parallel
+from ddjax.errors import ConfigError, DdjaxError
 
 PyTree = Any
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (outputs [b, ...], labels [b, ...]) -> [b]
@@ -63,7 +64,7 @@ BATCH_STATS_MODES = ("running", "batch")
 PRECISIONS = (None, "default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
 
 
-class NonFiniteCurvatureError(FloatingPointError):
+class NonFiniteCurvatureError(FloatingPointError, DdjaxError):
   """A curvature product (or a quantity computed from it) is NaN or infinite."""
 
 
@@ -185,7 +186,7 @@ def make_batches(x, y, batch_size: int | None = None, weights=None) -> Batches:
     raise ValueError(f"make_batches: weights must have shape ({n},), got {w.shape}.")
   batch_size = n if batch_size is None else int(batch_size)
   if batch_size <= 0:
-    raise ValueError(f"make_batches: batch_size must be positive, got {batch_size}.")
+    raise ConfigError(f"make_batches: batch_size must be positive, got {batch_size}.")
   batch_size = min(batch_size, n)
   num_batches = -(-n // batch_size)
   pad = num_batches * batch_size - n
@@ -253,8 +254,8 @@ def resolve_subset(params: PyTree, subset: Subset) -> tuple[str, ...] | None:
                    if any(p == q or p.startswith(q.rstrip("/") + "/") for q in prefixes))
   if not chosen:
     tops = sorted({p.split("/")[0] for p in paths})
-    raise ValueError(f"Parameter subset {subset!r} selects no parameters; the top-level "
-                     f"names are {tops} (full paths look like {paths[0]!r}).")
+    raise ConfigError(f"Parameter subset {subset!r} selects no parameters; the top-level "
+                      f"names are {tops} (full paths look like {paths[0]!r}).")
   return chosen
 
 
@@ -345,9 +346,9 @@ def _model_operator(kind: str, model, variables: dict, x, y, *, weights=None,
                     loss_fn: LossFn = cross_entropy_losses,
                     precision: str | None = None, mesh=None) -> LinearOperator:
   if batch_stats not in BATCH_STATS_MODES:
-    raise ValueError(f"Unknown batch_stats mode {batch_stats!r}; expected one of {BATCH_STATS_MODES}.")
+    raise ConfigError(f"Unknown batch_stats mode {batch_stats!r}; expected one of {BATCH_STATS_MODES}.")
   if precision not in PRECISIONS:
-    raise ValueError(f"Unknown matmul precision {precision!r}; expected one of {PRECISIONS}.")
+    raise ConfigError(f"Unknown matmul precision {precision!r}; expected one of {PRECISIONS}.")
   if "params" not in variables:
     raise ValueError(f"variables must hold 'params'; got collections {sorted(variables)}.")
   variables = dict(variables)
@@ -361,7 +362,7 @@ def _model_operator(kind: str, model, variables: dict, x, y, *, weights=None,
                                                       a.dtype)]) for a in batches))
   n = jnp.shape(x)[0]
   if batch_stats == "batch" and model_state and n % batches.x.shape[1]:
-    raise ValueError(
+    raise ConfigError(
         f"batch_stats='batch' needs the {n} examples to split into equal batches (got "
         f"batch_size={batches.x.shape[1]}): padding would change the batch statistics.")
   paths = resolve_subset(params, subset)
@@ -419,5 +420,5 @@ def loss_hessian_operator(loss_fn: Callable[..., jax.Array], params: PyTree, *ar
   algorithms to be reused across calls; `args` are traced arrays.
   """
   if precision not in PRECISIONS:
-    raise ValueError(f"Unknown matmul precision {precision!r}; expected one of {PRECISIONS}.")
+    raise ConfigError(f"Unknown matmul precision {precision!r}; expected one of {PRECISIONS}.")
   return LinearOperator(_LossMatvec(loss_fn, precision), params, tuple(args))

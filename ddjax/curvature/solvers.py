@@ -33,12 +33,13 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ddjax.curvature.operators import LinearOperator, NonFiniteCurvatureError
+from ddjax.errors import ConfigError, DdjaxError
 
 PyTree = Any
 SOLVERS = ("cg", "lissa")
 
 
-class LissaDivergedError(FloatingPointError):
+class LissaDivergedError(FloatingPointError, DdjaxError):
   """The LiSSA iterate grew beyond what a convergent series allows (or became NaN)."""
 
 
@@ -166,9 +167,9 @@ def solve(op: LinearOperator, b: PyTree, *, method: str = "cg", damping: float =
   sides (vmapped). LiSSA needs `scale`. Raises on divergence or NaN.
   """
   if method not in SOLVERS:
-    raise ValueError(f"Unknown solver {method!r}; expected one of {SOLVERS}.")
+    raise ConfigError(f"Unknown solver {method!r}; expected one of {SOLVERS}.")
   if method == "lissa" and (scale is None or not scale > 0):
-    raise ValueError(f"LiSSA needs a positive scale above (lambda_max + damping) / 2; got {scale}.")
+    raise ConfigError(f"LiSSA needs a positive scale above (lambda_max + damping) / 2; got {scale}.")
   dtype = op.dtype
   result = _solve(op, b, jnp.asarray(damping, dtype), jnp.asarray(scale or 1.0, dtype),
                   method=method, batched=batched, maxiter=int(maxiter), depth=int(depth),

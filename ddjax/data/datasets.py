@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import logging
 import os
 from typing import Sequence
 
 import numpy as np
 
+from ddjax import errors
 
-class DatasetError(ValueError):
+
+class DatasetError(ValueError, errors.DdjaxError):
   """A dataset could not be loaded: unknown, missing, malformed or unprepared."""
 
 
@@ -81,9 +84,31 @@ def load_mnist5k() -> ImageDataset:
                       class_names=tuple(str(i) for i in range(10)))
 
 
+# Float images may stray this far outside [0, 1] (resampling, rounding); they are clipped.
+FLOAT_RANGE_TOLERANCE = 1e-3
+
+
 def _validate_arrays(name: str, x_train, y_train, x_test, y_test,
-                     num_classes: int | None = None) -> tuple[np.ndarray, ...]:
-  """Checks shapes, dtypes and label ranges; returns float32 [0,1] images, int32 labels."""
+                     num_classes=None) -> tuple[np.ndarray, ...]:
+  """Checks a dataset at the boundary, before JAX sees it; each broken rule is a one-line
+  DatasetError naming it.
+
+  * Images are [N, H, W, C] (or [N, H, W]), the same shape in both splits, and neither
+    split is empty.
+  * Pixels are uint8 (or integers in [0, 255]), scaled by 1/255, or finite floats in
+    [0, 1] (values up to FLOAT_RANGE_TOLERANCE outside are clipped; float images in
+    [0, 255] are refused). float16 and float64 are converted to float32 (float16 with a
+    logged warning: the conversion is exact).
+  * Labels are integers, one per image, in [0, num_classes).
+  * The class count is declared (`num_classes`: an npz's `num_classes`, TFDS metadata)
+    or inferred as the largest label + 1, and then both splits must imply the same count.
+    Every class must have training images; a class missing from the test split only is
+    logged. (A class missing from both splits cannot be seen when the count is inferred:
+    declare it.)
+
+  Returns:
+    (x_train, y_train, x_test, y_test, num_classes): float32 images in [0, 1], int32 labels.
+  """
   out = []
   for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
     x, y = np.asarray(x), np.asarray(y)
@@ -91,6 +116,8 @@ def _validate_arrays(name: str, x_train, y_train, x_test, y_test,
       x = x[..., None]
     if x.ndim != 4:
       raise DatasetError(f"{name}: x_{split} must be [N, H, W, C] (or [N, H, W]), got shape {x.shape}.")
+    if x.shape[0] == 0:
+      raise DatasetError(f"{name}: x_{split} is empty (0 images); both splits need images.")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
       raise DatasetError(
           f"{name}: y_{split} must be 1-D with one label per image, got shape {y.shape} "
@@ -98,23 +125,59 @@ def _validate_arrays(name: str, x_train, y_train, x_test, y_test,
     if not np.issubdtype(y.dtype, np.integer):
       raise DatasetError(f"{name}: y_{split} must hold integer class labels, got dtype {y.dtype}.")
     if np.issubdtype(x.dtype, np.integer):
+      if x.dtype != np.uint8 and (x.min() < 0 or x.max() > 255):
+        raise DatasetError(f"{name}: x_{split} holds {x.dtype} values in [{x.min()}, {x.max()}]; "
+                           "integer images must be 8-bit pixels in [0, 255].")
       x = x.astype(np.float32) / 255.0
     elif np.issubdtype(x.dtype, np.floating):
+      if x.dtype == np.float16:
+        logging.warning("%s: x_%s is float16; converted to float32 (exactly).", name, split)
       x = x.astype(np.float32)
       if not np.all(np.isfinite(x)):
         raise DatasetError(f"{name}: x_{split} contains NaN or infinite values.")
+      low, high = float(x.min()), float(x.max())
+      if low < -FLOAT_RANGE_TOLERANCE or high > 1.0 + FLOAT_RANGE_TOLERANCE:
+        raise DatasetError(f"{name}: x_{split} holds float values in [{low:g}, {high:g}]; float "
+                           "images must be in [0, 1] (divide 0-255 pixels by 255, or store uint8).")
+      x = np.clip(x, 0.0, 1.0)
     else:
       raise DatasetError(f"{name}: x_{split} must be uint8 or float images, got dtype {x.dtype}.")
     out.append((x, y.astype(np.int32)))
   (xtr, ytr), (xte, yte) = out
   if xtr.shape[1:] != xte.shape[1:]:
     raise DatasetError(f"{name}: train images {xtr.shape[1:]} and test images {xte.shape[1:]} differ in shape.")
-  if num_classes is None:
-    num_classes = int(max(ytr.max(initial=0), yte.max(initial=0))) + 1
   for split, y in (("train", ytr), ("test", yte)):
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
+    if y.min() < 0:
+      raise DatasetError(
+          f"{name}: y_{split} has negative labels outside [0, num_classes): min {y.min()}.")
+  if num_classes is None:
+    implied = {split: int(y.max()) + 1 for split, y in (("train", ytr), ("test", yte))}
+    if implied["train"] != implied["test"]:
+      raise DatasetError(
+          f"{name}: the splits disagree on the class count: y_train's labels imply "
+          f"{implied['train']} classes, y_test's {implied['test']}. Fix the labels, or declare "
+          "num_classes (an npz's num_classes entry) if a split lacks the top classes.")
+    num_classes = implied["train"]
+  else:
+    declared = np.asarray(num_classes)
+    if declared.shape != () or not np.issubdtype(declared.dtype, np.integer) or declared < 2:
+      raise DatasetError(f"{name}: num_classes must be one integer >= 2, got {num_classes!r}.")
+    num_classes = int(declared)
+  for split, y in (("train", ytr), ("test", yte)):
+    if y.max() >= num_classes:
       raise DatasetError(
           f"{name}: y_{split} has labels outside [0, {num_classes}): min {y.min()}, max {y.max()}.")
+  counts = np.bincount(ytr, minlength=num_classes)
+  if not np.all(counts):
+    missing = np.flatnonzero(counts == 0).tolist()
+    which = f"classes {missing[:10]} of" if len(missing) > 1 else f"class {missing[0]} of"
+    raise DatasetError(
+        f"{name}: {which} {num_classes} {'have' if len(missing) > 1 else 'has'} no training "
+        "images; every class needs some (fix the labels, or the declared num_classes).")
+  untested = np.flatnonzero(np.bincount(yte, minlength=num_classes) == 0).tolist()
+  if untested:
+    logging.warning("%s: classes %s have no test images; their accuracy is not measured.",
+                    name, untested[:10])
   return xtr, ytr, xte, yte, num_classes
 
 
@@ -131,7 +194,7 @@ def load_npz(path: str, num_classes: int | None = None) -> ImageDataset:
   if missing:
     raise DatasetError(f"npz dataset {path} is missing keys {missing}; it has {sorted(arrays)}.")
   if num_classes is None and "num_classes" in arrays:
-    num_classes = int(arrays["num_classes"])
+    num_classes = arrays["num_classes"]  # checked by _validate_arrays
   xtr, ytr, xte, yte, num_classes = _validate_arrays(
       f"npz:{path}", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
       num_classes)
@@ -199,13 +262,16 @@ def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
 
 
 def load_dataset(name: str, data_dir: str | None = None, download: bool = True) -> ImageDataset:
-  """Loads a dataset by name: 'mnist5k', 'npz:PATH', or a TFDS name."""
+  """Loads a dataset by name: 'mnist5k', 'npz:PATH', 'fashion_mnist' (`idx.py`), or a TFDS name."""
   if not isinstance(name, str) or not name:
     raise DatasetError(f"Dataset name must be a non-empty string, got {name!r}.")
   if name == "mnist5k":
     return load_mnist5k()
   if name.startswith("npz:"):
     return load_npz(name[len("npz:"):])
+  if name == "fashion_mnist":  # idx files (data_dir or Debian's) first, then TFDS
+    from ddjax.data import idx  # pylint: disable=g-import-not-at-top  (idx imports this module)
+    return idx.load_fashion_mnist(data_dir, download=download)
   return load_tfds(name, data_dir=data_dir, download=download)
 
 

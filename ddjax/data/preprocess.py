@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ddjax.errors import ConfigError
+
 PREPROCESS_KINDS = ("standardize", "zca_kornia", "zca_reg", "none")
 
 # DC / MTT normalisation constants (mean, std) per channel.
@@ -113,7 +115,7 @@ def fit_preprocessor(kind: str, x_train: np.ndarray, dataset_name: str | None = 
     if base in NORMALIZATION_CONSTANTS:
       mean, std = NORMALIZATION_CONSTANTS[base]
       if len(mean) != x_train.shape[-1]:
-        raise ValueError(f"{base} constants have {len(mean)} channels, images have {x_train.shape[-1]}.")
+        raise ConfigError(f"{base} constants have {len(mean)} channels, images have {x_train.shape[-1]}.")
     else:
       mean = x_train.mean(axis=(0, 1, 2))
       std = x_train.std(axis=(0, 1, 2))
@@ -140,4 +142,4 @@ def fit_preprocessor(kind: str, x_train: np.ndarray, dataset_name: str | None = 
     unwhiten = (eigvecs * eigvals ** 0.5) @ eigvecs.T
     return Preprocessor("zca_reg", whiten=whiten.astype(np.float32),
                         unwhiten=unwhiten.astype(np.float32))
-  raise ValueError(f"Unknown preprocessing {kind!r}; expected one of {PREPROCESS_KINDS}.")
+  raise ConfigError(f"Unknown preprocessing {kind!r}; expected one of {PREPROCESS_KINDS}.")

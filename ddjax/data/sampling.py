@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddjax.errors import ConfigError
+
 
 def class_balanced_indices(key: jax.Array, labels, n_per_class: int,
                            num_classes: int | None = None) -> np.ndarray:
@@ -18,12 +20,12 @@ def class_balanced_indices(key: jax.Array, labels, n_per_class: int,
   if num_classes is None:
     num_classes = int(labels.max()) + 1
   if n_per_class < 0:
-    raise ValueError(f"n_per_class must be >= 0, got {n_per_class}.")
+    raise ConfigError(f"n_per_class must be >= 0, got {n_per_class}.")
   out = []
   for c in range(num_classes):
     rows = np.flatnonzero(labels == c)
     if len(rows) < n_per_class:
-      raise ValueError(f"Class {c} has {len(rows)} examples; cannot sample {n_per_class} per class.")
+      raise ConfigError(f"Class {c} has {len(rows)} examples; cannot sample {n_per_class} per class.")
     perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, c), len(rows)))
     out.append(rows[perm[:n_per_class]])
   return np.concatenate(out).astype(np.int64) if out else np.zeros((0,), np.int64)
@@ -49,4 +51,4 @@ def init_synthetic(key: jax.Array, x_real, y_real, ipc: int, num_classes: int,
   if init == "noise":
     shape = (num_classes * ipc,) + tuple(np.shape(x_real)[1:])
     return jax.random.normal(key, shape, jnp.float32), labels
-  raise ValueError(f"Unknown synthetic init {init!r}; expected 'real' or 'noise'.")
+  raise ConfigError(f"Unknown synthetic init {init!r}; expected 'real' or 'noise'.")

@@ -6,6 +6,7 @@ import importlib
 from ddjax.distill.base import (DistillState, DistillationDiverged, RealData, check_finite,
                                 make_real_data, sample_class_indices, sample_per_class)
 from ddjax.distill.synset import DistilledSet, DistilledSetError, load_distilled, save_distilled
+from ddjax.errors import ConfigError
 
 METHODS = {"bptt": "ddjax.distill.bptt", "dc": "ddjax.distill.gm", "dsa": "ddjax.distill.gm",
            "dm": "ddjax.distill.dm", "mtt": "ddjax.distill.mtt", "kip": "ddjax.distill.kip",
@@ -16,6 +17,6 @@ def get_method(name: str):
   """The module implementing method `name` (bptt, dc, dsa, dm, mtt, kip; random = the
   random-real baseline)."""
   if name not in METHODS:
-    raise ValueError(f"Unknown distillation method {name!r}; expected one of {sorted(METHODS)}.")
+    raise ConfigError(f"Unknown distillation method {name!r}; expected one of {sorted(METHODS)}.")
   return importlib.import_module(METHODS[name])
 from ddjax.distill.pretrained import available as available_pretrained, load_pretrained

@@ -26,10 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddjax import errors
+
 PyTree = Any
 
 
-class DistillationDiverged(FloatingPointError):
+class DistillationDiverged(FloatingPointError, errors.DdjaxError):
   """A loss, synthetic image or learned lr became NaN or infinite."""
 
 

@@ -36,14 +36,15 @@ import optax
 from ddjax import models, train
 from ddjax.data import sampling
 from ddjax.distill import base, labels as labels_lib, unroll
+from ddjax.errors import ConfigError
 
 PyTree = Any
 
 
 def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if "bptt" not in config:
-    raise ValueError("Config for method 'bptt' lacks its hyperparameters (config.bptt); build it "
-                     "with configs/distill/bptt.py.")
+    raise ConfigError("Config for method 'bptt' lacks its hyperparameters (config.bptt); build it "
+                      "with configs/distill/bptt.py.")
   return config.bptt
 
 
@@ -56,8 +57,8 @@ def check_stateless(variables: dict, method: str) -> None:
   make every step depend on a second, mutable state."""
   extra = sorted(set(variables) - {"params"})
   if extra:
-    raise ValueError(f"{method} needs a model without mutable state; this one has {extra} "
-                     "(BatchNorm?). Use norm='instancenorm', 'layernorm' or 'none'.")
+    raise ConfigError(f"{method} needs a model without mutable state; this one has {extra} "
+                      "(BatchNorm?). Use norm='instancenorm', 'layernorm' or 'none'.")
 
 
 def outer_optimizer(hp: ml_collections.ConfigDict, learn_labels: bool) -> optax.GradientTransformation:
@@ -68,7 +69,7 @@ def outer_optimizer(hp: ml_collections.ConfigDict, learn_labels: bool) -> optax.
       return train.sgd_momentum(lr, hp.momentum_img)
     if hp.optimizer == "adam":
       return optax.adam(lr)
-    raise ValueError(f"Unknown config.bptt.optimizer {hp.optimizer!r}; expected 'sgd' or 'adam'.")
+    raise ConfigError(f"Unknown config.bptt.optimizer {hp.optimizer!r}; expected 'sgd' or 'adam'.")
 
   transforms = {"images": make(hp.lr_img)}
   if learn_labels:
@@ -121,7 +122,7 @@ def meta_loss(model, learned: dict, row_labels: jax.Array, params0: PyTree, batc
   params = params0
   if window:
     if not 0 < window <= num_steps:
-      raise ValueError(f"BPTT window {window} must be in [1, inner_steps={num_steps}].")
+      raise ConfigError(f"BPTT window {window} must be in [1, inner_steps={num_steps}].")
     frozen = make_loss(jax.lax.stop_gradient(images), jax.lax.stop_gradient(targets))
     params, velocity = unroll.sgd_run(frozen, params, velocity, batches, window_start, lr, momentum)
     batches = jax.lax.dynamic_slice_in_dim(batches, window_start, window)
@@ -138,14 +139,14 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.Rea
   del aux
   hp = hparams(config)
   if hp.window < 0 or hp.window > hp.inner_steps:
-    raise ValueError(f"config.bptt.window={hp.window} must be 0 (no truncation) or in "
-                     f"[1, inner_steps={hp.inner_steps}].")
+    raise ConfigError(f"config.bptt.window={hp.window} must be 0 (no truncation) or in "
+                      f"[1, inner_steps={hp.inner_steps}].")
   if hp.inner_steps < 1:
-    raise ValueError(f"config.bptt.inner_steps must be >= 1, got {hp.inner_steps}.")
+    raise ConfigError(f"config.bptt.inner_steps must be >= 1, got {hp.inner_steps}.")
   smallest = int(jnp.min(real.class_count))
   if hp.real_per_class > smallest:
-    raise ValueError(f"config.bptt.real_per_class={hp.real_per_class} exceeds the smallest "
-                     f"class's {smallest} real training images; lower it.")
+    raise ConfigError(f"config.bptt.real_per_class={hp.real_per_class} exceeds the smallest "
+                      f"class's {smallest} real training images; lower it.")
   model = make_model(config, real.num_classes)
   check_stateless(models.init_variables(model, key, real.x.shape), "BPTT")
   images, hard = sampling.init_synthetic(key, real.x, real.y, config.ipc, real.num_classes,

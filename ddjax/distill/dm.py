@@ -26,12 +26,13 @@ from ddjax import augment, models, parallel, train
 from ddjax.data import sampling
 from ddjax.distill import base
 from ddjax.distill.gm import map_classes
+from ddjax.errors import ConfigError
 
 
 def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if "dm" not in config:
-    raise ValueError("Config for method 'dm' lacks its hyperparameters (config.dm); build it with "
-                     "configs/distill/dm.py.")
+    raise ConfigError("Config for method 'dm' lacks its hyperparameters (config.dm); build it with "
+                      "configs/distill/dm.py.")
   return config.dm
 
 
@@ -93,11 +94,11 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.Rea
   del aux
   hp = hparams(config)
   if config.get("learn_labels", False):
-    raise ValueError("DM matches class-conditional embeddings; config.learn_labels must be False.")
+    raise ConfigError("DM matches class-conditional embeddings; config.learn_labels must be False.")
   smallest = int(jnp.min(real.class_count))
   if hp.batch_real > smallest:
-    raise ValueError(f"config.dm.batch_real={hp.batch_real} exceeds the smallest class's "
-                     f"{smallest} real training images; lower it.")
+    raise ConfigError(f"config.dm.batch_real={hp.batch_real} exceeds the smallest class's "
+                      f"{smallest} real training images; lower it.")
   augment.parse_strategy(hp.dsa_strategy)  # fail early on a bad strategy
   images, labels = sampling.init_synthetic(key, real.x, real.y, config.ipc, real.num_classes,
                                            config.init)

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from ddjax import augment, checkpoint, classifier, data, models, train
+from ddjax import augment, checkpoint, classifier, data, models, train, validation
 from ddjax import workdir as workdir_lib
 from ddjax.distill import base, get_method, progress, synset
 
@@ -205,10 +205,38 @@ def iteration_key(config: ml_collections.ConfigDict, iteration: int) -> jax.Arra
   return jax.random.fold_in(prng_keys(config)["step"], iteration)
 
 
-def run_distillation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Distils `config.dataset` with `config.method` into `workdir`; resumes if possible."""
+# Fields a re-run in the same workdir may change (besides workdir.ALWAYS_RESUMABLE).
+# Iteration i draws its key as fold_in(key, i) and the methods' learning rates are
+# constant, so a larger num_iterations continues the same computation; `eval` only
+# changes what is measured, never the synthetic images.
+RESUMABLE_FIELDS = ("num_iterations", "eval")
+
+
+def run_distillation(config: ml_collections.ConfigDict, workdir: str, *,
+                     restore: str = "latest", overwrite: bool = False) -> dict[str, Any]:
+  """Distils `config.dataset` with `config.method` into `workdir`; resumes if possible.
+
+  Args:
+    config: a configs/distill/<method>.py config.
+    workdir: the run's directory; locked for the run, and bound to the config's
+      computation (`RESUMABLE_FIELDS` may change on a re-run).
+    restore: 'latest' resumes from the newest checkpoint and fails if it is corrupt;
+      'previous' resumes from the newest intact one.
+    overwrite: move a run of another config in `workdir` to previous/<n>/ and start over.
+
+  Returns:
+    The results written to results.json.
+  """
+  validation.check_config(config)
+  checkpoint.check_restore_mode(restore)
   method = get_method(config.method)
-  workdir_lib.prepare_workdir(workdir, config)
+  with workdir_lib.open_workdir(workdir, config, ignore=RESUMABLE_FIELDS,
+                                overwrite=overwrite) as run:
+    return _run_distillation(config, workdir, method, run, restore)
+
+
+def _run_distillation(config: ml_collections.ConfigDict, workdir: str, method,
+                      run: workdir_lib.Run, restore: str) -> dict[str, Any]:
   writer = workdir_lib.MetricWriter(workdir)
   ds, preprocessor = load_data(config)
   logging.info("Dataset %s", ds)
@@ -217,14 +245,18 @@ def run_distillation(config: ml_collections.ConfigDict, workdir: str) -> dict[st
 
   keys = prng_keys(config)
   state = method.init_state(config, keys["init"], real, aux)
+  # The initialisation is regenerated from the seed on every run, so the drift of the
+  # images from it can be measured after a resume too.
   init_images = np.asarray(jax.device_get(state.images), np.float32)
+  run.start()  # the config, data and method are valid: now the workdir is written
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  config.get("keep_checkpoints", 2))
-  state, meta, restored_step = ckpt.restore_or(state)
+  state, meta, restored_step = ckpt.restore_or(state, restore)
   distill_seconds = float(meta.get("distill_seconds", 0.0))
+  # CPU and evaluation time carried over resumes, for the shipped sets' manifest.
   cpu_base, cpu_start = float(meta.get("cpu_seconds", 0.0)), time.process_time()
   eval_total = {"seconds": float(meta.get("eval_seconds", 0.0))}
-  history = list(meta.get("eval_history", []))
+  history: list[dict[str, Any]] = list(meta.get("eval_history", []))
   stop_reason = None
   start = int(state.step)
   if restored_step is not None:
@@ -254,6 +286,7 @@ def run_distillation(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   plateau_min = int(config.eval.get("plateau_min_iterations", 0) or 0)
 
   def evaluate(state, iteration):
+    """Evaluates, records the history entry and the snapshot; returns the result."""
     t = time.time()
     images = np.asarray(jax.device_get(state.images), np.float32)
     result = evaluator(keys["eval"], images, state.labels, learned_lr(method, state))
@@ -264,18 +297,19 @@ def run_distillation(config: ml_collections.ConfigDict, workdir: str) -> dict[st
       history.append({"iteration": int(iteration), "protocol_a_mean": result["protocol_a_mean"],
                       "protocol_a_std": result["protocol_a_std"],
                       "init_correlation": result["init_correlation"]})
-    if eval_every:
+    if eval_every and workdir_lib.is_primary():
       progress.save_snapshot(workdir, iteration, images)
     writer.write(iteration, **{k if k == "eval_seconds" else f"eval_{k}": v
                                for k, v in result.items() if not k.endswith("_all")})
     logging.info("Iteration %d eval: %s", iteration, result)
     return result
 
-  def plateaued():
+  def plateaued() -> dict[str, Any]:
     check = progress.plateau_check(history, plateau_gain, plateau_fraction, plateau_min)
     if check["gain"] is not None:
-      logging.info("Plateau test at iteration %d: gain %.4f since iteration %d", check["iteration"],
-                   check["gain"], check["reference_iteration"])
+      logging.info("Plateau test at iteration %d: gain %.4f since iteration %d (stops below "
+                   "%.4f)", check["iteration"], check["gain"], check["reference_iteration"],
+                   plateau_gain)
     return check
 
   clock = {"seconds": distill_seconds, "since": time.time()}
@@ -358,7 +392,7 @@ def run_distillation(config: ml_collections.ConfigDict, workdir: str) -> dict[st
             "eval_seconds_total": eval_total["seconds"],
             "stop_reason": stop_reason, "eval_history": history,
             "plateau": plateaued() if len(history) > 1 else None}
-  if eval_every:
+  if eval_every and workdir_lib.is_primary():
     result["progress"] = progress.save_progress_figure(
         os.path.join(workdir, PROGRESS_FILE), history, progress.load_snapshots(workdir),
         np.asarray(state.labels), preprocessor,

@@ -35,6 +35,7 @@ import optax
 from ddjax import augment, models, parallel, train
 from ddjax.data import sampling
 from ddjax.distill import base
+from ddjax.errors import ConfigError
 
 PyTree = Any
 METRICS = ("ours", "mse", "cos")
@@ -46,17 +47,17 @@ LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: 
 def get_loops(ipc: int) -> tuple[int, int]:
   """The reference (outer_loop, inner_loop) for `ipc`."""
   if ipc not in LOOPS:
-    raise ValueError(f"DC/DSA define (outer_loop, inner_loop) only for IPC {sorted(LOOPS)}, not "
-                     f"{ipc}; set config.<method>.outer_loop and .inner_loop explicitly.")
+    raise ConfigError(f"DC/DSA define (outer_loop, inner_loop) only for IPC {sorted(LOOPS)}, not "
+                      f"{ipc}; set config.<method>.outer_loop and .inner_loop explicitly.")
   return LOOPS[ipc]
 
 
 def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.method not in ("dc", "dsa"):
-    raise ValueError(f"ddjax.distill.gm implements 'dc' and 'dsa', not {config.method!r}.")
+    raise ConfigError(f"ddjax.distill.gm implements 'dc' and 'dsa', not {config.method!r}.")
   if config.method not in config:
-    raise ValueError(f"Config for method {config.method!r} lacks its hyperparameters "
-                     f"(config.{config.method}); build it with configs/distill/{config.method}.py.")
+    raise ConfigError(f"Config for method {config.method!r} lacks its hyperparameters "
+                      f"(config.{config.method}); build it with configs/distill/{config.method}.py.")
   return config[config.method]
 
 
@@ -96,7 +97,7 @@ def match_distance(g_real: PyTree, g_syn: PyTree, metric: str = "ours") -> jax.A
     return jnp.sum((syn_vec - real_vec) ** 2)
   if metric == "cos":
     return 1.0 - jnp.sum(real_vec * syn_vec) / (_safe_norm(real_vec) * _safe_norm(syn_vec) + 1e-6)
-  raise ValueError(f"Unknown gradient-matching distance {metric!r}; expected one of {METRICS}.")
+  raise ConfigError(f"Unknown gradient-matching distance {metric!r}; expected one of {METRICS}.")
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -182,18 +183,18 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.Rea
   del aux
   hp = hparams(config)
   if config.get("learn_labels", False):
-    raise ValueError(f"{config.method.upper()} matches gradients of hard-label losses; "
-                     "config.learn_labels must be False.")
+    raise ConfigError(f"{config.method.upper()} matches gradients of hard-label losses; "
+                      "config.learn_labels must be False.")
   smallest = int(jnp.min(real.class_count))
   if hp.batch_real > smallest:
-    raise ValueError(f"config.{config.method}.batch_real={hp.batch_real} exceeds the smallest "
-                     f"class's {smallest} real training images; lower it.")
+    raise ConfigError(f"config.{config.method}.batch_real={hp.batch_real} exceeds the smallest "
+                      f"class's {smallest} real training images; lower it.")
   if hp.outer_loop < 1 or hp.inner_loop < 0:
-    raise ValueError(f"config.{config.method}.outer_loop must be >= 1 and inner_loop >= 0, got "
-                     f"{hp.outer_loop} and {hp.inner_loop}.")
+    raise ConfigError(f"config.{config.method}.outer_loop must be >= 1 and inner_loop >= 0, got "
+                      f"{hp.outer_loop} and {hp.inner_loop}.")
   if hp.dis_metric not in METRICS:
-    raise ValueError(f"Unknown config.{config.method}.dis_metric {hp.dis_metric!r}; expected one "
-                     f"of {METRICS}.")
+    raise ConfigError(f"Unknown config.{config.method}.dis_metric {hp.dis_metric!r}; expected one "
+                      f"of {METRICS}.")
   augment.parse_strategy(hp.dsa_strategy)  # fail early on a bad strategy
   images, labels = sampling.init_synthetic(key, real.x, real.y, config.ipc, real.num_classes,
                                            config.init)

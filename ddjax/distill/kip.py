@@ -1,18 +1,21 @@
 """KIP: kernel inducing points (Nguyen, Chen & Lee, ICLR 2021; Nguyen, Novak, Xiao & Lee,
-NeurIPS 2021) with the infinite-width ConvNet NTK of neural-tangents. Hyperparameters
-in `config.kip`.
+NeurIPS 2021) with the infinite-width ConvNet NTK. Hyperparameters in `config.kip`.
 
 One `distill_step`:
 
     a class-balanced real target batch (x_t, y_t), labels as centred one-hot
     K_ss = k(x_s, x_s), K_ts = k(x_t, x_s): the NTK of `depth` x [conv3x3 -> relu
-      (-> 2x2 avg pool)] -> flatten -> dense, from `neural_tangents.stax`
+      (-> 2x2 avg pool)] -> flatten -> dense (neural-tangents' stax network, NTK
+      parameterisation)
     prediction = K_ts (K_ss + lambda I)^-1 y_s, lambda = reg * tr(K_ss) / n
     loss = 0.5 * mean((prediction - y_t)^2)
     one Adam step on the support images (and labels, if learned)
 
-neural-tangents is imported only here, lazily: the rest of ddjax imports without it
-(it needs jax 0.5.x; see BUILD_NOTES.md).
+The kernel (`config.kip.kernel_impl`): "ddjax" (default) computes it in ddjax itself
+(`ddjax.distill.ntk`, pure JAX, any jax version); "neural_tangents" takes it from
+neural-tangents' `stax`, the reference that ddjax's kernel is tested against
+(tests/test_ntk.py). neural-tangents is imported only for that, lazily, here: it needs
+jax 0.5.x (see BUILD_NOTES.md).
 
 Labels: without `config.learn_labels` the support keeps its hard labels. With it, the
 labels are [N, C] floats in one-hot space (initialised one-hot; the regression target is
@@ -21,7 +24,7 @@ bounded, and projected so that every row's argmax stays its class
 (`labels.keep_class_argmax`): the distilled set stays class-sorted, ipc per class.
 
 Cost: without pooling the conv NTK needs only each pixel's own covariance (cheap). Average
-pooling needs the full spatial covariance, [n, m, H, H, W, W] per layer: 28x28 images
+pooling needs the full spatial covariance, [n, m, H, W, H, W] per layer: 28x28 images
 with 100 support and 100 target images need ~24 GB per layer, so the CPU (mnist5k)
 config turns pooling off; the CIFAR configs keep KIP's pooled kernel for accelerators.
 """
@@ -37,9 +40,10 @@ import ml_collections
 import optax
 
 from ddjax.data import sampling
-from ddjax.distill import base, labels as labels_lib
+from ddjax.distill import base, labels as labels_lib, ntk
 
 KernelFn = Callable[[jax.Array, jax.Array | None], jax.Array]  # (x1, x2) -> NTK [n1, n2]
+KERNEL_IMPLS = ("ddjax", "neural_tangents")
 
 
 def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -54,15 +58,30 @@ def _neural_tangents():
     import neural_tangents  # pylint: disable=g-import-not-at-top
   except Exception as e:  # ImportError, or AttributeError on a jax it does not support
     raise ImportError(
-        f"KIP needs neural-tangents (0.6.5, which runs on jax 0.5.x; this is jax "
-        f"{jax.__version__}): {type(e).__name__}: {e}") from e
+        f"config.kip.kernel_impl='neural_tangents' needs neural-tangents (0.6.5, which runs "
+        f"on jax 0.5.x; this is jax {jax.__version__}); the default kernel_impl='ddjax' does "
+        f"not: {type(e).__name__}: {e}") from e
   return neural_tangents
+
+
+def kernel_impl(hp: ml_collections.ConfigDict) -> str:
+  impl = hp.get("kernel_impl", "ddjax")
+  if impl not in KERNEL_IMPLS:
+    raise ValueError(f"config.kip.kernel_impl must be one of {KERNEL_IMPLS}, got {impl!r}.")
+  return impl
 
 
 @functools.lru_cache(maxsize=None)
 def convnet_ntk(depth: int = 3, pooling: bool = True, w_std: float = 2.0 ** 0.5,
-                b_std: float = 0.1, num_outputs: int = 10) -> KernelFn:
-  """The infinite-width KIP ConvNet's NTK: (x1, x2) -> [n1, n2] (x2=None: x1 with itself)."""
+                b_std: float = 0.1, num_outputs: int = 10, impl: str = "ddjax") -> KernelFn:
+  """The infinite-width KIP ConvNet's NTK: (x1, x2) -> [n1, n2] (x2=None: x1 with itself).
+
+  impl: "ddjax" (`ddjax.distill.ntk`) or "neural_tangents" (the reference, imported here).
+  """
+  if impl == "ddjax":
+    return ntk.convnet_kernel_fn(depth, pooling, w_std, b_std, num_outputs, get="ntk")
+  if impl != "neural_tangents":
+    raise ValueError(f"Unknown kernel impl {impl!r}; expected one of {KERNEL_IMPLS}.")
   stax = _neural_tangents().stax
   layers = []
   for _ in range(depth):
@@ -103,7 +122,7 @@ def blocked(kernel: KernelFn, block: int) -> KernelFn:
 
 def make_kernel(hp: ml_collections.ConfigDict, num_classes: int) -> KernelFn:
   kernel = convnet_ntk(int(hp.depth), bool(hp.pooling), float(hp.w_std), float(hp.b_std),
-                       int(num_classes))
+                       int(num_classes), kernel_impl(hp))
   return blocked(kernel, int(hp.get("kernel_block", 0) or 0))
 
 
@@ -145,7 +164,8 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.Rea
                      f"class's {smallest} real training images; lower it.")
   if hp.reg <= 0:
     raise ValueError(f"config.kip.reg must be > 0 (the ridge is reg * tr(K) / n), got {hp.reg}.")
-  _neural_tangents()  # fail here, with the reason, rather than inside jit
+  if kernel_impl(hp) == "neural_tangents":
+    _neural_tangents()  # fail here, with the reason, rather than inside jit
   images, hard = sampling.init_synthetic(key, real.x, real.y, config.ipc, real.num_classes,
                                          config.init)
   learned = {"images": images}

@@ -34,6 +34,7 @@ from ddjax import augment, experts, models, train
 from ddjax.data import sampling
 from ddjax.distill import base, unroll
 from ddjax.distill.bptt import check_stateless
+from ddjax.errors import ConfigError
 
 LEARNS_LR = True  # the driver evaluates with state.lr and writes it to the distilled set
 
@@ -46,8 +47,8 @@ class ExpertTrajectories:
 
 def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if "mtt" not in config:
-    raise ValueError("Config for method 'mtt' lacks its hyperparameters (config.mtt); build it "
-                     "with configs/distill/mtt.py.")
+    raise ConfigError("Config for method 'mtt' lacks its hyperparameters (config.mtt); build it "
+                      "with configs/distill/mtt.py.")
   return config.mtt
 
 
@@ -64,8 +65,8 @@ def load_aux(config: ml_collections.ConfigDict) -> ExpertTrajectories:
   """Loads the expert buffer, checked against this run's dataset, preprocessing and model."""
   hp = hparams(config)
   if hp.max_start_epoch < 1 or hp.expert_epochs < 1:
-    raise ValueError(f"config.mtt.max_start_epoch ({hp.max_start_epoch}) and expert_epochs "
-                     f"({hp.expert_epochs}) must both be >= 1.")
+    raise ConfigError(f"config.mtt.max_start_epoch ({hp.max_start_epoch}) and expert_epochs "
+                      f"({hp.expert_epochs}) must both be >= 1.")
   expected = {"dataset": config.dataset, "preprocess": config.preprocess,
               "model": models.canonical_model_name(config.model),
               "model_kwargs": experts.param_kwargs(config.model_kwargs)}
@@ -88,25 +89,25 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.Rea
                aux: ExpertTrajectories | None = None) -> base.DistillState:
   hp = hparams(config)
   if config.learn_labels:
-    raise ValueError("MTT trains students on hard labels; config.learn_labels must be False.")
+    raise ConfigError("MTT trains students on hard labels; config.learn_labels must be False.")
   model = make_model(config, real.num_classes)
   variables = models.init_variables(model, key, real.x.shape)
   check_stateless(variables, "MTT")
   if aux is not None:
     num_params = models.count_params(variables["params"])
     if aux.params.shape[-1] != num_params:
-      raise ValueError(f"The expert trajectories hold {aux.params.shape[-1]} parameters per "
-                       f"snapshot; config.model has {num_params}.")
+      raise ConfigError(f"The expert trajectories hold {aux.params.shape[-1]} parameters per "
+                        f"snapshot; config.model has {num_params}.")
     needed = hp.max_start_epoch + hp.expert_epochs
     if aux.params.shape[1] < needed:
-      raise ValueError(f"max_start_epoch + expert_epochs = {needed} snapshots are needed; the "
-                       f"trajectories have {aux.params.shape[1]}.")
+      raise ConfigError(f"max_start_epoch + expert_epochs = {needed} snapshots are needed; the "
+                        f"trajectories have {aux.params.shape[1]}.")
   images, labels = sampling.init_synthetic(key, real.x, real.y, config.ipc, real.num_classes,
                                            config.init)
   batch_syn = hp.batch_syn or images.shape[0]
   if not 0 < batch_syn <= images.shape[0]:
-    raise ValueError(f"config.mtt.batch_syn={hp.batch_syn} must be in [1, {images.shape[0]}] "
-                     "(the synthetic set size), or 0 for the whole set.")
+    raise ConfigError(f"config.mtt.batch_syn={hp.batch_syn} must be in [1, {images.shape[0]}] "
+                      "(the synthetic set size), or 0 for the whole set.")
   augment.parse_strategy(hp.dsa_strategy)  # fail early on a bad strategy
   lr = jnp.asarray(hp.lr_teacher, jnp.float32)
   opt_state = {"images": image_optimizer(hp).init(images), "lr": lr_optimizer(hp).init(lr)}

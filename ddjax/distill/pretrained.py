@@ -178,3 +178,29 @@ def install(distilled_file: str, record: dict[str, Any], entry_method: str | Non
     f.write("\n")
   os.replace(tmp, os.path.join(directory, MANIFEST))
   return entry
+
+
+def summary_table(directory: str | None = None) -> str:
+  """A markdown table of a set directory's manifest: accuracy against the random subset
+  each set starts from, the plateau evidence, drift and cost (for README / BUILD_NOTES).
+
+  Args:
+    directory: a set directory; None for the shipped version.
+
+  Returns:
+    The table as markdown text.
+  """
+  entries = read_manifest(directory)["entries"]
+  rows = ["| set | protocol A (5 seeds) | its initialisation | peak (iteration) | "
+          "iterations (stop) | corr. with init | CPU s |", "|---|---|---|---|---|---|---|"]
+  for name, e in entries.items():
+    init = (f"{e['init_protocol_a_mean']:.3f}" if e.get("init_protocol_a_mean") is not None
+            and not e["method"].startswith("random") else "–")
+    peak = (f"{e['peak_protocol_a_mean']:.3f} ({e['peak_iteration']})"
+            if e.get("peak_protocol_a_mean") is not None and not e["method"].startswith("random")
+            else "–")
+    stop = (f"{e['iterations']} ({e.get('stop_reason')})" if not e["method"].startswith("random")
+            else "–")
+    rows.append(f"| {name} | {e['protocol_a_mean']:.3f} ± {e['protocol_a_std']:.3f} | {init} | "
+                f"{peak} | {stop} | {e['init_correlation']:.3f} | {e['cpu_seconds']:.0f} |")
+  return "\n".join(rows)

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ddjax import errors
 from ddjax.data.preprocess import Preprocessor
 
 SNAPSHOT_DIR = "snapshots"
@@ -71,7 +72,7 @@ def plateau_check(history: Sequence[dict[str, Any]], min_gain: float, fraction: 
      no evaluation at or before (1 - fraction) * iteration, or the test is off)}.
   """
   if not 0.0 < fraction < 1.0:
-    raise ValueError(f"plateau fraction must be in (0, 1), got {fraction}.")
+    raise errors.ConfigError(f"plateau fraction must be in (0, 1), got {fraction}.")
   if not history:
     return {"reached": False, "gain": None, "iteration": None, "reference_iteration": None}
   newest = history[-1]

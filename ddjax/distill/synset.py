@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Any
 
 import numpy as np
 
+from ddjax import errors, integrity
 from ddjax.data.preprocess import Preprocessor
 
+FORMAT_VERSION = 2
 
-class DistilledSetError(ValueError):
+
+class DistilledSetError(ValueError, errors.DdjaxError):
   """A distilled-set file is missing, malformed, or does not fit the analysis."""
 
 
@@ -45,13 +49,32 @@ def save_distilled(path: str, dset: DistilledSet) -> str:
   _validate(dset, path)
   meta = {"method": dset.method, "dataset": dset.dataset, "ipc": int(dset.ipc),
           "num_classes": int(dset.num_classes), "learned_lr": dset.learned_lr,
-          "config": dset.config, "format_version": 1}
+          "config": dset.config, "format_version": FORMAT_VERSION}
+  arrays = dict(images=np.asarray(dset.images, np.float32), labels=np.asarray(dset.labels),
+                **dset.preprocessor.to_arrays())
+  meta = json.loads(json.dumps(meta, default=str))  # as load_distilled will read it
+  meta["checksum"] = _checksum(arrays, meta)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, images=np.asarray(dset.images, np.float32), labels=np.asarray(dset.labels),
-           metadata=np.asarray(json.dumps(meta, default=str)), **dset.preprocessor.to_arrays())
+  tmp = f"{path}.tmp{os.getpid()}.npz"  # per process: concurrent writers never share it
+  np.savez(tmp, metadata=np.asarray(json.dumps(meta, default=str)), **arrays)
   os.replace(tmp, path)
   return path
+
+
+def _checksum(arrays: dict[str, np.ndarray], meta: dict) -> str:
+  """sha256 over every array but the metadata, and the metadata without its checksum."""
+  return integrity.arrays_digest({k: v for k, v in arrays.items() if k != "metadata"},
+                                 extra={k: v for k, v in meta.items() if k != "checksum"})
+
+
+def _as_float32(array: np.ndarray, what: str, path: str) -> np.ndarray:
+  """float16/float64 -> float32 (logged for float16, whose conversion is exact)."""
+  if not np.issubdtype(array.dtype, np.floating):
+    raise DistilledSetError(f"{path}: {what} must be floating point, got dtype {array.dtype}.")
+  if array.dtype == np.float16:
+    logging.warning("%s: %s are float16; converted to float32 (exactly), the dtype ddjax "
+                    "computes in.", path, what)
+  return array.astype(np.float32)
 
 
 def _validate(dset: DistilledSet, path: str) -> None:
@@ -101,8 +124,22 @@ def load_distilled(path: str, num_classes: int | None = None,
     meta = json.loads(str(arrays["metadata"]))
   except json.JSONDecodeError as e:
     raise DistilledSetError(f"{path}: metadata is not valid JSON: {e}") from e
+  if not isinstance(meta, dict):
+    raise DistilledSetError(f"{path}: metadata is not a JSON object.")
+  if meta.get("checksum") is not None:
+    actual = _checksum(arrays, meta)
+    if actual != meta["checksum"]:
+      raise DistilledSetError(
+          f"{path} failed its checksum: its arrays or metadata changed after it was saved "
+          f"(saved {str(meta['checksum'])[:19]}..., read {actual[:19]}...). Re-create it, or "
+          "re-save an intended edit with ddjax.distill.save_distilled.")
+  images, labels = arrays["images"], arrays["labels"]
+  if images.dtype != np.float32:
+    images = _as_float32(images, "images", path)
+  if labels.ndim == 2 and labels.dtype != np.float32:
+    labels = _as_float32(labels, "soft labels", path)
   try:
-    dset = DistilledSet(images=arrays["images"], labels=arrays["labels"], method=meta["method"],
+    dset = DistilledSet(images=images, labels=labels, method=meta["method"],
                         dataset=meta["dataset"], ipc=int(meta["ipc"]),
                         num_classes=int(meta["num_classes"]),
                         preprocessor=Preprocessor.from_arrays(arrays),

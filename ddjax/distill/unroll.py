@@ -24,6 +24,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from ddjax.errors import ConfigError
+
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree], jax.Array]  # (params, batch) -> scalar loss
 
@@ -62,7 +64,7 @@ def sgd_unroll(loss_fn: LossFn, params: PyTree, batches: PyTree, lr: jax.Array, 
   if not momentum and velocity is not None:
     raise ValueError("sgd_unroll: velocity given with momentum=0; plain SGD keeps no buffer.")
   if remat_policy not in REMAT_POLICIES:
-    raise ValueError(f"Unknown remat_policy {remat_policy!r}; expected one of {sorted(REMAT_POLICIES)}.")
+    raise ConfigError(f"Unknown remat_policy {remat_policy!r}; expected one of {sorted(REMAT_POLICIES)}.")
 
   def body(carry, batch):
     return sgd_step(loss_fn, carry[0], carry[1], batch, lr, momentum)

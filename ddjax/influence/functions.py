@@ -37,6 +37,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ddjax import curvature
+from ddjax.errors import ConfigError
 
 PyTree = Any
 METHODS = ("cg", "lissa", "arnoldi", "direct", "identity")
@@ -96,7 +97,7 @@ class InfluenceResult:
 
 def _operator(curv, model, variables, x, y, batch_size, l2):
   if curv not in CURVATURES:
-    raise ValueError(f"Unknown curvature {curv!r}; expected one of {CURVATURES}.")
+    raise ConfigError(f"Unknown curvature {curv!r}; expected one of {CURVATURES}.")
   build = curvature.hessian_operator if curv == "hessian" else curvature.gauss_newton_operator
   return build(model, variables, x, y, batch_size=batch_size, l2=l2)
 
@@ -128,7 +129,7 @@ def influence_functions(model, variables: dict, x, y, x_test, y_test, *, method:
       equals that row of the full matrix, at the cost of len(rows) solves.
   """
   if method not in METHODS:
-    raise ValueError(f"Unknown influence method {method!r}; expected one of {METHODS}.")
+    raise ConfigError(f"Unknown influence method {method!r}; expected one of {METHODS}.")
   variables = dict(variables)
   x, y, x_test, y_test = map(jnp.asarray, (x, y, x_test, y_test))
   n = x.shape[0]
@@ -150,8 +151,8 @@ def influence_functions(model, variables: dict, x, y, x_test, y_test, *, method:
     eig = curvature.lanczos_topk(op, key, arnoldi_rank, num_iters=arnoldi_iters)
     keep = eig.eigenvalues + damping > 0
     if not np.any(keep):
-      raise ValueError(f"No eigenvalue plus damping ({damping}) is positive among the top "
-                       f"{arnoldi_rank}; raise the damping.")
+      raise ConfigError(f"No eigenvalue plus damping ({damping}) is positive among the top "
+                        f"{arnoldi_rank}; raise the damping.")
     vectors = jax.tree_util.tree_map(lambda a: a[np.flatnonzero(keep)], eig.eigenvectors)
     p_train = np.asarray(project_gradients(model, variables, x_rows, y_rows, vectors),
                          np.float64)

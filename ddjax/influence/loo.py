@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddjax import parallel, train
+from ddjax.errors import ConfigError
 
 PyTree = Any
 
@@ -37,7 +38,7 @@ PyTree = Any
 def loo_masks(n: int, dtype=jnp.float32) -> jax.Array:
   """[n + 1, n] weights: row i < n drops point i; the last row keeps every point."""
   if n < 2:
-    raise ValueError(f"Leave-one-out needs at least 2 training points, got {n}.")
+    raise ConfigError(f"Leave-one-out needs at least 2 training points, got {n}.")
   return (1 - jnp.eye(n + 1, n)).astype(dtype)
 
 
@@ -53,7 +54,7 @@ class LOOResult:
 
 def _check(variables: dict, x, y, x_test, y_test) -> None:
   if any(k != "params" for k in variables):
-    raise ValueError(
+    raise ConfigError(
         f"Batched leave-one-out needs a model without batch statistics (got collections "
         f"{sorted(variables)}): a masked point would still enter the batch-norm statistics.")
   if x.shape[0] != y.shape[0] or x_test.shape[0] != y_test.shape[0]:

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ddjax.errors import ConfigError
 from ddjax.models.alexnet import AlexNet
 from ddjax.models.convnet import ConvNet
 from ddjax.models.layers import Conv2D, Dense, Norm, conv2d_hybrid, conv2d_im2col, conv2d_xla, resolve_conv_impl
@@ -36,7 +37,7 @@ def canonical_model_name(name: str) -> str:
   key = {"convnettiny": "convnet_tiny", "resnet_18": "resnet18", "resnet_34": "resnet34",
          "vgg_11": "vgg11"}.get(key, key)
   if key not in _REGISTRY:
-    raise ValueError(f"Unknown model {name!r}; expected one of {MODEL_NAMES}.")
+    raise ConfigError(f"Unknown model {name!r}; expected one of {MODEL_NAMES}.")
   return key
 
 

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ddjax.errors import ConfigError
 from ddjax.models import layers
 
 
@@ -28,7 +29,7 @@ class ConvNet(nn.Module):
 
   def setup(self):
     if self.norm not in layers.NORMS:
-      raise ValueError(f"Unknown norm {self.norm!r}; expected one of {layers.NORMS}.")
+      raise ConfigError(f"Unknown norm {self.norm!r}; expected one of {layers.NORMS}.")
     self.convs = [
         layers.Conv2D(self.width, (3, 3), padding=1, impl=self.conv_impl)
         for _ in range(self.depth)

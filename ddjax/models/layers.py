@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ddjax.errors import ConfigError
 from ddjax.models import cpu_ops
 
 Array = jax.Array
@@ -40,7 +41,7 @@ CONV_IMPLS = ("auto", "xla", "im2col", "hybrid")
 def resolve_conv_impl(impl: str) -> str:
   """Maps "auto" to the measured-fastest conv on the default backend."""
   if impl not in CONV_IMPLS:
-    raise ValueError(f"Unknown conv_impl {impl!r}; expected one of {CONV_IMPLS}.")
+    raise ConfigError(f"Unknown conv_impl {impl!r}; expected one of {CONV_IMPLS}.")
   if impl == "auto":
     if jax.default_backend() != "cpu":
       return "xla"
@@ -196,7 +197,7 @@ class Norm(nn.Module):
       return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
     if self.kind == "none":
       return x
-    raise ValueError(f"Unknown norm {self.kind!r}; expected one of {NORMS}.")
+    raise ConfigError(f"Unknown norm {self.kind!r}; expected one of {NORMS}.")
 
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -212,7 +213,7 @@ def get_activation(name: str) -> Callable[[Array], Array]:
   try:
     return ACTIVATIONS[name]
   except KeyError:
-    raise ValueError(
+    raise ConfigError(
         f"Unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}."
     ) from None
 
@@ -231,5 +232,5 @@ def pool(x: Array, pooling: str) -> Array:
     return x.mean(axis=(2, 4))
   if pooling in ("maxpooling", "max"):
     return x.max(axis=(2, 4))
-  raise ValueError(f"Unknown pooling {pooling!r}; expected avgpooling, maxpooling or none.")
+  raise ConfigError(f"Unknown pooling {pooling!r}; expected avgpooling, maxpooling or none.")
 

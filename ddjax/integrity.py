@@ -77,3 +77,13 @@ def tree_digest(tree: Any, extra: Any = None) -> str | None:
   if extra is not None:
     h.update(canonical_json(extra).encode())
   return PREFIX + h.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+  """The sha256 hex digest of a file's bytes (read in 1 MiB blocks), as shipped-set
+  manifests record it."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()

@@ -3,7 +3,6 @@ workdir, a changed config, bad input. Each fault ends in the exact one-line erro
 recovers as documented, and every file saved before it is byte-identical afterwards
 (compared by sha256)."""
 
-import hashlib
 import json
 import logging
 import os
@@ -22,7 +21,8 @@ import pytest
 
 from configs import train as train_config
 from configs.distill import random as random_config
-from ddjax import checkpoint, classifier, data, errors, experts, models, train, validation
+from ddjax import (checkpoint, classifier, data, errors, experts, integrity, models, train,
+                   validation)
 from ddjax import workdir as workdir_lib
 from ddjax.distill import driver, synset
 from launch import common
@@ -42,8 +42,7 @@ def _hashes(directory):
   for root, _, files in os.walk(directory):
     for name in files:
       path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+      out[os.path.relpath(path, directory)] = integrity.file_sha256(path)
   return out
 
 

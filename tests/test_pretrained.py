@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import pretrained as pretrained_config
-from ddjax import data, distill, errors
+from ddjax import data, distill, errors, integrity
 from ddjax.distill import pretrained, synset
 
 SHIPPED = pretrained.read_manifest()["entries"]
@@ -33,7 +33,7 @@ def test_shipped_directory_is_versioned_and_complete():
 def test_every_shipped_set_loads_and_matches_its_manifest(name):
   record = SHIPPED[name]
   path = os.path.join(pretrained.set_dir(), record["file"])
-  assert pretrained.file_sha256(path) == record["sha256"]
+  assert integrity.file_sha256(path) == record["sha256"]
   dset = distill.load_pretrained(record["dataset"], record["method"], record["ipc"])
   assert list(dset.images.shape) == record["shape"]
   assert dset.images.shape[0] == record["ipc"] * record["num_classes"]

@@ -20,12 +20,12 @@ the set as `load_distilled` does, so a damaged or swapped file is refused, never
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from typing import Any
 
+from ddjax import integrity
 from ddjax.distill import synset
 
 VERSION = "v1"
@@ -41,15 +41,6 @@ def set_dir(version: str = VERSION) -> str:
 def entry_name(dataset: str, method: str, ipc: int) -> str:
   """The manifest key and relative file stem of an entry: `<dataset>/<method>_ipc<ipc>`."""
   return f"{dataset}/{method}_ipc{int(ipc)}"
-
-
-def file_sha256(path: str) -> str:
-  """The sha256 hex digest of a file's bytes."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def read_manifest(directory: str | None = None) -> dict[str, Any]:
@@ -77,22 +68,28 @@ def available(directory: str | None = None) -> list[tuple[str, str, int]]:
   return sorted((r["dataset"], r["method"], int(r["ipc"])) for r in entries.values())
 
 
-def pretrained_path(dataset: str, method: str, ipc: int, directory: str | None = None) -> str:
-  """The .npz path of a shipped set (checked against the manifest, not loaded).
-
-  Raises:
-    DistilledSetError: no such entry in the manifest (the message lists what is shipped).
-  """
+def _entry(dataset: str, method: str, ipc: int,
+           directory: str | None) -> tuple[str, dict[str, Any]]:
+  """(npz path, manifest record) of a shipped set, from one read of the manifest."""
   directory = directory or set_dir()
   name = entry_name(dataset, method, ipc)
   entries = read_manifest(directory)["entries"]
   if name not in entries:
     shipped = ", ".join(entries) or "none"
     raise synset.DistilledSetError(
-        f"No shipped distilled set {name!r} in {directory}; shipped: {shipped}. "
-        f"`python -m launch.pretrained --dataset={dataset} --method={method} --ipc={ipc}` "
-        f"makes it.")
-  return os.path.join(directory, entries[name]["file"])
+        f"No shipped distilled set {name!r} in {directory}; shipped: {shipped}. `python -m "
+        f"launch.pretrained --config=configs/pretrained.py:dataset={dataset},method={method},"
+        f"ipc={ipc}` makes it.")
+  return os.path.join(directory, entries[name]["file"]), entries[name]
+
+
+def pretrained_path(dataset: str, method: str, ipc: int, directory: str | None = None) -> str:
+  """The .npz path of a shipped set (checked against the manifest, not loaded).
+
+  Raises:
+    DistilledSetError: no such entry in the manifest (the message lists what is shipped).
+  """
+  return _entry(dataset, method, ipc, directory)[0]
 
 
 def load_pretrained(dataset: str, method: str, ipc: int,
@@ -112,11 +109,10 @@ def load_pretrained(dataset: str, method: str, ipc: int,
     DistilledSetError: unknown entry, missing file, sha256 or shape mismatch with the
       manifest, or a set that fails validation.
   """
-  path = pretrained_path(dataset, method, ipc, directory)
-  record = read_manifest(directory)["entries"][entry_name(dataset, method, ipc)]
+  path, record = _entry(dataset, method, ipc, directory)
   if not os.path.exists(path):
     raise synset.DistilledSetError(f"Shipped distilled set {path} is missing.")
-  digest = file_sha256(path)
+  digest = integrity.file_sha256(path)
   if digest != record["sha256"]:
     raise synset.DistilledSetError(
         f"{path}: sha256 {digest[:12]}... does not match the manifest's "
@@ -162,7 +158,7 @@ def install(distilled_file: str, record: dict[str, Any], entry_method: str | Non
   os.replace(target + ".tmp", target)
   entry = dict(record, dataset=dset.dataset, method=method, set_method=dset.method, ipc=dset.ipc,
                num_classes=dset.num_classes, file=rel, shape=list(dset.images.shape),
-               sha256=file_sha256(target))
+               sha256=integrity.file_sha256(target))
   for suffix, path in (figures or {}).items():
     fig_rel = f"{name}_{suffix}.png"
     shutil.copyfile(path, os.path.join(directory, fig_rel) + ".tmp")

@@ -1,19 +1,52 @@
 # The README's two commands for a fresh machine: `make demo` and `make test`.
-PYTHON ?= python3
+#
+# ddjax needs Python >= 3.12 (jax >= 0.12). PYTHON, if not given, is the first of
+# python3.12, python3.13, python3 and pyenv's 3.12+ that is new enough.
+PYTHON ?= $(shell for p in python3.12 python3.13 python3 $$HOME/.pyenv/versions/3.1[2-9]*/bin/python3; do \
+  command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
+  && { echo $$p; break; }; done)
+NO_PYTHON := ddjax needs Python >= 3.12 (jax >= 0.12): install one ('pyenv install 3.12', or your OS's python3.12 package) or pass PYTHON=/path/to/python3.12
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock | cksum | cut -d' ' -f1)
+# The legacy stack (jax 0.5.3 + neural-tangents 0.6.5): only the `legacy_nt` kernel checks.
+LEGACY_VENV ?= .venv-legacy
+LEGACY_PY := $(LEGACY_VENV)/bin/python
+LEGACY_STAMP := $(LEGACY_VENV)/.installed-$(shell cat requirements-legacy.lock | cksum | cut -d' ' -f1)
 WORKDIR ?= workdirs/demo
 
-.PHONY: setup demo demo-docs test test-fast bench-setup clean
+.PHONY: setup setup-legacy lock demo demo-docs test test-default test-legacy test-fast bench-setup clean
 
-$(STAMP): requirements.txt
+# A venv of the pinned stack (requirements.lock, which installs ddjax itself editable).
+# A venv left with an older Python is rebuilt.
+$(STAMP): requirements.lock
+	@test -n "$(PYTHON)" || { echo "$(NO_PYTHON)"; exit 1; }
+	@if test -x $(PY) && ! $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then \
+	  echo "$(VENV) has Python < 3.12: rebuilding it"; rm -rf $(VENV); fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -r requirements.lock
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+$(LEGACY_STAMP): requirements-legacy.lock
+	@test -n "$(PYTHON)" || { echo "$(NO_PYTHON)"; exit 1; }
+	test -x $(LEGACY_PY) || $(PYTHON) -m venv $(LEGACY_VENV)
+	$(LEGACY_PY) -m pip install -q --upgrade pip
+	$(LEGACY_PY) -m pip install -r requirements-legacy.lock
+	# ddjax itself, without its default-stack requirements (jax >= 0.12).
+	$(LEGACY_PY) -m pip install --no-deps -e .
+	touch $(LEGACY_STAMP)
+
+setup-legacy: $(LEGACY_STAMP)
+
+# Both lock files from their ranges (requirements.txt + pyproject.toml, and
+# requirements-legacy.txt), for Linux x86_64 and Python 3.12, with uv.
+lock: setup
+	$(PY) -m pip install -q uv
+	$(PY) -m uv pip compile requirements.txt --python-version 3.12 -o requirements.lock
+	$(PY) -m uv pip compile requirements-legacy.txt --python-version 3.12 -o requirements-legacy.lock
 
 # The paper reproduced on the embedded default (mnist5k): MTT experts, 5 distillation
 # methods + the random-real baseline, every analysis, and $(WORKDIR)/report.md with the
@@ -31,11 +64,18 @@ demo-docs:
 	for d in $(WORKDIR)/distill/*/; do m=$$(basename $$d); mkdir -p docs/demo/distill/$$m; \
 	  cp $$d/synthetic.png $$d/results.json docs/demo/distill/$$m/ 2>/dev/null || true; done
 
-test: setup
-	$(PY) -m pytest tests -q -n 2 --durations=15
+# Every test: the whole suite on the default stack, then the neural-tangents comparisons
+# on the legacy stack (CI runs exactly this).
+test: test-default test-legacy
+
+test-default: setup
+	$(PY) -m pytest tests -q -n 2 -m "not legacy_nt" --durations=15
+
+test-legacy: setup-legacy
+	$(LEGACY_PY) -m pytest tests/test_ntk.py tests/test_kip.py -q -n 2
 
 test-fast: setup
-	$(PY) -m pytest tests -q -x -m "not slow"
+	$(PY) -m pytest tests -q -x -m "not slow and not legacy_nt"
 
 # Fashion-MNIST's four idx files (60,000 train / 10,000 test) from Debian's
 # dataset-fashion-mnist, into /usr/share/datasets/fashion-mnist/, where ddjax looks first.
@@ -67,9 +107,11 @@ DATA_DIR ?=
 published-table: setup
 	$(PY) -m benchmarks.published_table --workdir=$(TABLE_WORKDIR) $(if $(DATA_DIR),--data_dir=$(DATA_DIR))
 
-# Optional PyTorch references for the benchmarks (CPU torch, separate venv).
+# Optional PyTorch references for the benchmarks (CPU torch, separate venv, no ddjax in
+# it: any Python that has a CPU torch wheel, the default python3 here).
+BENCH_PYTHON ?= python3
 bench-setup:
-	test -x .bench-venv/bin/python || $(PYTHON) -m venv .bench-venv
+	test -x .bench-venv/bin/python || $(BENCH_PYTHON) -m venv .bench-venv
 	.bench-venv/bin/python -m pip install -r requirements-bench.txt
 
 clean:

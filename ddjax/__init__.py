@@ -5,4 +5,4 @@ Subpackages: `ddjax.data` (datasets, preprocessing, sampling), `ddjax.models`
 DC protocol, evaluation), `ddjax.checkpoint` and `ddjax.workdir` (run directories).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"

@@ -27,7 +27,6 @@ import shutil
 from typing import Any
 
 import jax
-import jax.monitoring
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -38,12 +37,6 @@ PyTree = Any
 RESTORE_MODES = ("latest", "previous")
 _HOW_TO_RECOVER = ("It was left untouched; re-run with --restore=previous to resume from the "
                    "newest intact checkpoint, or use a new workdir.")
-
-if not hasattr(jax.monitoring, "record_scalar"):
-  # orbax-checkpoint 0.11.24 reports array sizes through jax.monitoring.record_scalar,
-  # which jax 0.5.3 (pinned for neural-tangents) lacks. It is a metrics hook only.
-  jax.monitoring.record_scalar = lambda *args, **kwargs: None
-
 
 class CheckpointError(RuntimeError, errors.DdjaxError):
   """A checkpoint is corrupt, unreadable or incompatible with the run's state.

@@ -1,8 +1,7 @@
-"""Test setup: CPU, quiet TF, and the repository root importable."""
+"""Test setup: CPU and quiet TF. ddjax is pip-installed (`pip install -e .`); `launch`,
+`configs` and `benchmarks` import from the repository root (pytest.ini: pythonpath)."""
 
 import os
-import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))

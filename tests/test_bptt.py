@@ -11,9 +11,9 @@ import pytest
 from configs.distill import bptt as bptt_config
 from ddjax import models, train
 from ddjax.distill import base, bptt, labels, unroll
+from x64 import enable_x64  # tests/x64.py
 
 KEY = jax.random.PRNGKey(0)
-enable_x64 = getattr(jax, "enable_x64", None) or jax.experimental.enable_x64
 MODEL = models.get_model("convnet", 3, width=4, depth=1)
 
 

@@ -1,6 +1,5 @@
 """Distribution matching: the loss, its gradient, Siamese augmentation, fresh frozen nets."""
 
-import contextlib
 import functools
 import json
 
@@ -14,19 +13,9 @@ import pytest
 from configs.distill import dm as dm_config
 from ddjax import augment, models
 from ddjax.distill import base, dm
+from x64 import enable_x64  # tests/x64.py
 
 KEY = jax.random.PRNGKey(0)
-
-
-@contextlib.contextmanager
-def enable_x64(on: bool = True):
-  """float64 inside the block (jax.config, so it works across jax versions)."""
-  previous = jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64
-  jax.config.update("jax_enable_x64", on)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_enable_x64", previous)
 
 
 def _real(num_classes=3, per_class=6, size=8, key=KEY):

@@ -229,7 +229,6 @@ async def finalize(self, *args, **kwargs):  # the step's files are written, not 
   return await original(self, *args, **kwargs)
 
 atomicity.AtomicRenameTemporaryPath.finalize = finalize
-sys.path.insert(0, os.getcwd())  # the repository root (the script lives elsewhere)
 sys.argv = ["launch.train"] + sys.argv[1:]
 runpy.run_module("launch.train", run_name="__main__")
 """
@@ -240,7 +239,10 @@ def test_train_binary_kill9_mid_save_then_rerun(baseline, tmp_path):
   script = tmp_path / "kill_at_save.py"
   script.write_text(_KILL_AT_SAVE)
   env = dict(_env(), KILL_AT_STEP="2")
-  killed = subprocess.run([sys.executable, str(script), *TINY_TRAIN, f"--workdir={workdir}"],
+  # `python -c` puts the working directory (the repository root) first on the import path,
+  # so the script finds `launch` as `python -m launch.train` would.
+  killed = subprocess.run([sys.executable, "-c", script.read_text(), *TINY_TRAIN,
+                           f"--workdir={workdir}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   names = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
@@ -311,7 +313,7 @@ def test_lock_in_process_stale_and_foreign(tmp_path, caplog):
 
   # A process killed while holding it: the file stays, the flock goes with the process.
   subprocess.run([sys.executable, "-c",
-                  "import os, signal, sys; sys.path.insert(0, '.'); from ddjax import workdir; "
+                  "import os, signal; from ddjax import workdir; "
                   f"workdir.WorkdirLock({workdir!r}).acquire(); os.kill(os.getpid(), signal.SIGKILL)"],
                  cwd=ROOT, env=_env(), timeout=120)
   with open(os.path.join(workdir, ".lock")) as f:

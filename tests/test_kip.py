@@ -13,9 +13,9 @@ import pytest
 
 from configs.distill import kip as kip_config
 from ddjax.distill import base, kip
+from x64 import enable_x64  # tests/x64.py
 
 KEY = jax.random.PRNGKey(0)
-enable_x64 = getattr(jax, "enable_x64", None) or jax.experimental.enable_x64
 
 
 def _kernel(pooling=False):

@@ -11,6 +11,7 @@ import pytest
 
 from ddjax import models
 from ddjax.models import layers
+from x64 import enable_x64  # tests/x64.py
 
 KEY = jax.random.PRNGKey(0)
 
@@ -110,7 +111,7 @@ CONV_CASES = [  # (kernel, strides, padding, cin, cout)
 
 @pytest.mark.parametrize("kernel,strides,padding,cin,cout", CONV_CASES)
 def test_im2col_equals_xla_conv_in_value_and_derivatives(kernel, strides, padding, cin, cout):
-  with jax.experimental.enable_x64():
+  with enable_x64():
     kx, kw = jax.random.split(KEY)
     x = jax.random.normal(kx, (2, 7, 7, cin), jnp.float64)
     w = jax.random.normal(kw, kernel + (cin, cout), jnp.float64)
@@ -140,7 +141,7 @@ HYBRID_CASES = [  # (kernel, padding, cin, cout): both kernel-gradient paths (ci
 @pytest.mark.parametrize("kernel,padding,cin,cout", HYBRID_CASES)
 def test_hybrid_conv_matches_im2col_to_third_order(kernel, padding, cin, cout):
   """The hand-written transposes must give every derivative order, forward mode included."""
-  with jax.experimental.enable_x64():
+  with enable_x64():
     kx, kw, kv = jax.random.split(KEY, 3)
     x = jax.random.normal(kx, (2, 7, 6, cin), jnp.float64)
     w = jax.random.normal(kw, kernel + (cin, cout), jnp.float64)
@@ -165,7 +166,7 @@ def test_hybrid_conv_matches_im2col_to_third_order(kernel, padding, cin, cout):
 
 def test_hybrid_conv_vmap_equals_loop():
   """vmap over inputs (folded into the batch) and over kernels (independent retrains)."""
-  with jax.experimental.enable_x64():
+  with enable_x64():
     kx, kw = jax.random.split(KEY)
     xs = jax.random.normal(kx, (3, 2, 6, 6, 9), jnp.float64)
     ws = jax.random.normal(kw, (3, 3, 3, 9, 4), jnp.float64)
@@ -206,7 +207,7 @@ def test_convnet_impls_agree_and_share_parameters(impl):
 def test_matmul_instance_norm_equals_flax_group_norm():
   """The CPU instance norm: same parameters, values and first/second derivatives."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  with jax.experimental.enable_x64():
+  with enable_x64():
     kx, kp = jax.random.split(KEY)
     x = 3.0 + jax.random.normal(kx, (2, 16, 16, 3), jnp.float64)  # the matmul path
     ours, ref = layers.InstanceNorm(epsilon=1e-5), nn.GroupNorm(None, group_size=1, epsilon=1e-5)
@@ -225,7 +226,7 @@ def test_matmul_instance_norm_equals_flax_group_norm():
 @pytest.mark.parametrize("shape", [(3, 4, 5, 2), (2, 16, 17, 3)])  # reduce / matmul path
 def test_spatial_sum_and_broadcast_are_transposes_under_every_transform(shape):
   n, h, w, c = shape
-  with jax.experimental.enable_x64():
+  with enable_x64():
     kx, ks = jax.random.split(KEY)
     x = jax.random.normal(kx, shape, jnp.float64)
     s = jax.random.normal(ks, (n, c), jnp.float64)

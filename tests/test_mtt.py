@@ -14,9 +14,9 @@ from configs import experts as experts_config
 from configs.distill import mtt as mtt_config
 from ddjax import experts, models, train
 from ddjax.distill import base, mtt, unroll
+from x64 import enable_x64  # tests/x64.py
 
 KEY = jax.random.PRNGKey(0)
-enable_x64 = getattr(jax, "enable_x64", None) or jax.experimental.enable_x64
 MODEL = models.get_model("convnet", 3, width=4, depth=1)
 
 

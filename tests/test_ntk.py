@@ -19,8 +19,8 @@ import pytest
 from jax.test_util import check_grads
 
 from ddjax.distill import kip, ntk
+from x64 import enable_x64  # tests/x64.py
 
-enable_x64 = getattr(jax, "enable_x64", None) or jax.experimental.enable_x64
 SQRT2 = 2.0 ** 0.5
 
 # (pooling, depth, w_std, b_std, image size, channels): pooling off / on, depth 1-3, each

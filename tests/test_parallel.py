@@ -86,13 +86,33 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     real = base.make_real_data(jax.random.normal(jax.random.PRNGKey(6), (30, 8, 8, 1)),
                                jnp.arange(30) % 3, 3)
 
+    def constraint_specs(jaxpr):
+      # Every sharding constraint's PartitionSpec, through the jaxpr API and into nested
+      # jaxprs (jit, scan, cond, custom_vjp), whatever text the partitioner would print.
+      specs = []
+      for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "sharding_constraint":
+          specs.append(tuple(eqn.params["sharding"].spec))
+        todo = list(eqn.params.values())
+        while todo:
+          v = todo.pop()
+          if isinstance(v, (tuple, list)):
+            todo.extend(v)
+          elif hasattr(v, "eqns"):
+            specs += constraint_specs(v)
+          elif hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
+            specs += constraint_specs(v.jaxpr)
+      return specs
+
     def distill_step(module, config):
       config.model_kwargs.update(width=4, depth=1)
       state = module.init_state(config, jax.random.PRNGKey(7), real)
       step = jax.jit(functools.partial(module.distill_step, config))
-      hlo = step.lower(state, jax.random.PRNGKey(8), real).as_text()
+      specs = constraint_specs(jax.make_jaxpr(step)(state, jax.random.PRNGKey(8), real).jaxpr)
       new, metrics = step(state, jax.random.PRNGKey(8), real)
-      return new.images, float(metrics["loss"]), "devices=[1,8" in hlo
+      # Each class's real batch (axis 1 of [classes, n, ...]) split over the member axis.
+      split_per_class = any(s[:2] == (None, parallel.MEMBER_AXIS) for s in specs)
+      return new.images, float(metrics["loss"]), split_per_class
 
     dm_config = dm_cfg.get_config("dataset=mnist5k,ipc=2,quick")
     dm_config.dm.dsa_strategy = "color"

@@ -130,3 +130,20 @@ def test_summary_table_has_a_row_per_entry():
   for name, record in SHIPPED.items():
     row = next(line for line in table if line.startswith(f"| {name} |"))
     assert f"{record['protocol_a_mean']:.3f} ± {record['protocol_a_std']:.3f}" in row
+
+
+def test_every_shipped_file_is_package_data():
+  """`pip install` (not only `-e`) carries the sets: pyproject's package-data globs for
+  ddjax.distill match every file of the shipped directory."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import tomllib  # pylint: disable=g-import-not-at-top
+  root = os.path.join(os.path.dirname(__file__), "..")
+  with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+    patterns = tomllib.load(f)["tool"]["setuptools"]["package-data"]["ddjax.distill"]
+  package_dir = os.path.join(root, "ddjax", "distill")
+  covered = {os.path.normpath(p) for pattern in patterns
+             for p in glob.glob(os.path.join(package_dir, pattern))}
+  shipped = {os.path.normpath(os.path.join(d, name))
+             for d, _, names in os.walk(os.path.join(package_dir, "pretrained_sets"))
+             for name in names}
+  assert shipped and shipped <= covered, sorted(shipped - covered)

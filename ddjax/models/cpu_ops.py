@@ -160,12 +160,14 @@ if AVAILABLE:
 
   def _conv_batch(args, dims, *, padding):
     (x, w), (bx, bw) = args, dims
-    if bw is batching.not_mapped:  # fold the vmapped axis into the conv batch
+    # An unmapped kernel (None; jax < 0.6 spelled it batching.not_mapped): fold the vmapped
+    # axis of x into the conv batch.
+    if bw is None:
       x = jnp.moveaxis(x, bx, 0)
       b, n = x.shape[:2]
       y = conv_p.bind(x.reshape((b * n,) + x.shape[2:]), w, padding=padding)
       return y.reshape((b, n) + y.shape[1:]), 0
-    # batch dims are vmap in_axes (not_mapped is None): no broadcast copy of x.
+    # batch dims are vmap in_axes (None for an unmapped operand): no broadcast copy of x.
     fn = functools.partial(conv2d_im2col, strides=(1, 1), padding=padding)
     return jax.vmap(fn, in_axes=(bx, bw))(x, w), 0
 

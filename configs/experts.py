@@ -8,7 +8,9 @@ configs/distill/mtt.py looks (`config.mtt.buffer_dir` overrides it).
 
 Arguments (`--config=configs/experts.py:dataset=cifar10,zca`): dataset (mnist5k, mnist,
 cifar10, cifar100, or any dataset name), zca (MTT's kornia ZCA instead of mean/std),
-quick (a tiny run for tests). Override anything, e.g. `--config.num_experts=20`.
+quick (a tiny run for tests), cpu (fashion_mnist at the mnist5k settings below, on a
+class-balanced 400 train / 100 test images per class; configs/common.py). Override
+anything, e.g. `--config.num_experts=20`.
 
 Reference (`mtt-distillation/buffer.py`, README): 100 ConvNet-3 experts, 50 epochs each,
 SGD lr 0.01 (`lr_teacher`), momentum 0, batch 256, DSA on
@@ -33,7 +35,7 @@ from configs.distill import dc
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, dataset="mnist5k", zca=False, quick=False)
+  arg = common.parse_arg(arg, dataset="mnist5k", zca=False, quick=False, cpu=False)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.dataset = arg.dataset
@@ -57,7 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_batch_size = 1000
   config.progress = True
 
-  if arg.dataset == "mnist5k":
+  if common.cpu_sized(arg.dataset, arg.cpu):
+    config.train_per_class, config.test_per_class = common.cpu_subset(arg.dataset)
     config.model_kwargs.width = 32
     config.num_experts = 20
     config.num_epochs = 15

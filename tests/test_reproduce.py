@@ -70,6 +70,89 @@ def test_demo_config_cuts_and_shared_fields():
   assert config.distill.mtt.data_dir == config.analysis.data_dir == "/data"
 
 
+def _flat(cfg, prefix=""):
+  out = {}
+  for k, v in cfg.items():
+    out.update(_flat(v, f"{prefix}{k}.") if hasattr(v, "items") else {prefix + k: v})
+  return out
+
+
+# What fashion_mnist may set differently from mnist5k at sizes tiny and demo: its name, its
+# class-balanced subset (mnist5k is that size already) and DSA's flip (digits drop it).
+FASHION_OWN_FIELDS = ("dataset", "train_per_class", "test_per_class", "dsa_strategy",
+                      "dc_augment")
+
+
+@pytest.mark.parametrize("size", ["tiny", "demo"])
+def test_fashion_mnist_at_cpu_sizes_takes_the_mnist5k_settings(size):
+  fashion = reproduce_config.get_config(f"dataset=fashion_mnist,size={size}")
+  mnist5k = reproduce_config.get_config(f"dataset=mnist5k,size={size}")
+  reproduce.check_experts_match(fashion)
+  f, m = _flat(fashion), _flat(mnist5k)
+  assert f.keys() == m.keys()
+  differ = {k for k in f if f[k] != m[k]}
+  assert differ and all(k.rsplit(".", 1)[-1] in FASHION_OWN_FIELDS for k in differ), differ
+  assert fashion.distill.dm.dm.dsa_strategy == "color_crop_cutout_flip_scale_rotate"
+  widths = {k: v for k, v in f.items() if k.endswith("model_kwargs.width")}
+  # KIP distils through the NTK: its unused `model_kwargs` is the base config's (as mnist5k's).
+  widths.pop("distill.kip.model_kwargs.width")
+  assert set(widths.values()) == ({32} if size == "demo" else {4, 8}), widths
+  stages = [fashion.experts, *fashion.distill.values()]
+  if size == "demo":
+    assert fashion.sets == "shipped"      # none ships: every method is distilled
+    assert not any(reproduce.shipped_entry(fashion, m) for m in reproduce.method_names(fashion))
+    assert {k: fashion.distill[k].num_iterations for k in ("random", "dc", "dm", "mtt", "bptt",
+                                                            "kip")} == dict(
+        random=0, dc=3, dm=80, mtt=40, bptt=12, kip=25)
+    assert (fashion.experts.num_experts, fashion.experts.num_epochs) == (3, 5)
+    for cfg in stages:                    # 4,000 train and 1,000 test images everywhere
+      test = cfg.get("test_per_class", cfg.get("eval", {}).get("test_per_class"))
+      assert (cfg.train_per_class, test) == (400, 100), cfg
+    assert (fashion.analysis.train_per_class, fashion.analysis.test_per_class) == (400, 100)
+  else:                                   # the quick presets' subsets, as mnist5k's
+    assert all(0 < cfg.train_per_class <= 20 for cfg in stages)
+    assert (fashion.analysis.train_per_class, fashion.analysis.test_per_class) == (20, 10)
+
+
+def test_fashion_mnist_elsewhere_keeps_its_published_settings():
+  from configs import published  # pylint: disable=g-import-not-at-top
+  paper = reproduce_config.get_config("dataset=fashion_mnist,size=paper")
+  for method in reproduce.method_names(paper):
+    cfg = paper.distill[method]
+    assert cfg.model_kwargs.width == cfg.eval.model_kwargs.width == 128, method
+    assert cfg.train_per_class == 0 and cfg.eval.test_per_class == 0
+    own = reproduce_config.METHOD_CONFIGS[method].get_config("dataset=fashion_mnist")
+    assert cfg.num_iterations == own.num_iterations
+    if method in ("dc", "dm", "mtt", "kip"):   # the rows configs/published.py evaluates
+      assert cfg[method] == published.distill_config(method, 10)[method], method
+  assert paper.experts.model_kwargs.width == 128 and paper.experts.train_per_class == 0
+  assert paper.analysis.model_kwargs.width == 128 and paper.analysis.train_per_class == 0
+  # The method configs themselves are CPU-sized only when asked (`cpu`), and only for the
+  # datasets those settings were made for.
+  dm = reproduce_config.METHOD_CONFIGS["dm"]
+  assert dm.get_config("dataset=fashion_mnist").model_kwargs.width == 128
+  asked = dm.get_config("dataset=fashion_mnist,cpu")
+  assert (asked.model_kwargs.width, asked.num_iterations, asked.train_per_class) == (32, 300, 400)
+  with pytest.raises(ValueError, match="28x28x1"):
+    dm.get_config("dataset=cifar10,cpu")
+
+
+def test_fashion_mnist_demo_distils_every_method_and_says_so(tmp_path, monkeypatch, caplog):
+  ran = {}
+  monkeypatch.setattr(driver, "run_distillation",
+                      lambda cfg, d: ran.setdefault(os.path.basename(d), cfg))
+  config = reproduce_config.get_config("dataset=fashion_mnist,size=demo")
+  config.methods = "random,dm"
+  with caplog.at_level("WARNING"):
+    reproduce.distill_stage(config, str(tmp_path), ["random", "dm"],
+                            reproduce.Timer(verbose=False))
+  assert sorted(ran) == ["dm", "random"]
+  assert ran["dm"].num_iterations == 80 and ran["dm"].train_per_class == 400
+  assert ("No shipped fashion_mnist set at IPC 10 for random, dm (ddjax ships sets for "
+          "mnist5k): distilling them here with config.distill (outer iterations: random 0, "
+          "dm 80).") in caplog.text
+
+
 def test_bad_configs_fail_before_any_work(tmp_path):
   with pytest.raises(reproduce.ReproductionConfigError, match="no config.distill section"):
     reproduce.run_reproduction(_config(methods="dm,nope"), str(tmp_path / "a"))
@@ -274,6 +357,47 @@ def test_tiny_reproduction_end_to_end_and_resume(tmp_path, monkeypatch):
   statuses = {(r["stage"], r["name"]): r["status"] for r in third["timings"]}
   assert statuses[("analysis", "pixels")] == "ran" and statuses[("distill", "dm")] == "skipped"
   assert json.load(open(os.path.join(workdir, "analysis", "pixels.json")))["seeds"][0] == 1
+
+
+def _fashion_idx_dir(directory, train_per_class=25, test_per_class=12):
+  """Small Fashion-MNIST idx files (ddjax/data/idx.py; as tests/test_fashion_mnist.py), so
+  the test needs neither Debian's package nor TFDS: a class-dependent blob plus noise."""
+  from ddjax.data import idx  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  os.makedirs(directory, exist_ok=True)
+  for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+    labels = np.tile(np.arange(10), per_class).astype(np.uint8)
+    rows, cols = np.mgrid[:28, :28]
+    centres = [(6 + 2 * c, 20 - c) for c in labels]
+    images = np.stack([200 * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / 30.0)
+                       for r, c in centres]) + rng.integers(0, 50, (len(labels), 28, 28))
+    images_stem, labels_stem = idx.FILES[split]
+    idx.write_idx(os.path.join(directory, images_stem), images.clip(0, 255).astype(np.uint8))
+    idx.write_idx(os.path.join(directory, labels_stem + ".gz"), labels)
+  return str(directory)
+
+
+@pytest.mark.slow
+def test_tiny_fashion_mnist_reproduction_end_to_end(tmp_path, monkeypatch):
+  """The fashion_mnist path (its configs, the idx loader through data_dir, experts, MTT)
+  on small idx files: every stage runs and reads fashion_mnist."""
+  from ddjax.data import idx  # pylint: disable=g-import-not-at-top
+  def no_fallback(*args, **kwargs):
+    raise AssertionError("config.data_dir was not used")
+  monkeypatch.setattr(idx, "DEBIAN_DIR", str(tmp_path / "no-debian"))  # as on CI
+  monkeypatch.setattr(idx, "load_tfds", no_fallback)
+  config = reproduce_config.get_config("dataset=fashion_mnist,size=tiny")
+  config.data_dir = _fashion_idx_dir(tmp_path / "idx")
+  config.methods = "random,dm,mtt"
+  config.analyses = "pixels,mixing"
+  summary = reproduce.run_reproduction(config, str(tmp_path / "repro"), verbose=False)
+  assert not summary["failures"]
+  assert sorted(summary["analysis"]) == ["mixing", "pixels"]
+  for method in ("random", "dm", "mtt"):
+    res = summary["distill"][method]
+    assert res["dataset"] == "fashion_mnist" and 0.0 <= res["protocol_a_mean"] <= 1.0
+  spec = experts.read_spec(os.path.join(str(tmp_path / "repro"), "experts"))
+  assert spec["dataset"] == "fashion_mnist" and spec["train_per_class"] == 16
 
 
 def test_launcher_reports_config_errors_in_one_line(tmp_path):

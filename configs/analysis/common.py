@@ -14,7 +14,8 @@ SIZES = ("tiny", "demo", "full", "paper")
 
 
 def base_config(dataset: str = "mnist5k", size: str = "demo") -> ml_collections.ConfigDict:
-  """size: 'tiny' (tests, seconds), 'demo' (mnist5k on 2 CPU cores, lighter settings),
+  """size: 'tiny' (tests, seconds), 'demo' (mnist5k on 2 CPU cores, lighter settings; also
+  fashion_mnist, on 400 train and 100 test images per class),
   'full' (mnist5k at the paper's protocols: every seed, step and image; hours on a CPU),
   'paper' (the paper's CIFAR-10 settings, width 128, for a GPU)."""
   if size not in SIZES:
@@ -50,6 +51,10 @@ def base_config(dataset: str = "mnist5k", size: str = "demo") -> ml_collections.
     # full: the width the shipped mnist5k sets were distilled and evaluated with.
     config.model_kwargs.width = 8 if size == "tiny" else 32
     config.real_model.model_kwargs.width = 8 if size == "tiny" else 32
+  if size in common.CPU_SIZES and dataset in common.CPU_SIZED_DATASETS:
+    # fashion_mnist: a class-balanced subset of mnist5k's size (4,000 train and 1,000 test
+    # images; the test split too, since agreement, embedding and coherence scale with it).
+    config.train_per_class, config.test_per_class = common.cpu_subset(dataset)
   if size == "tiny":
     config.train_per_class = 20
     config.test_per_class = 10

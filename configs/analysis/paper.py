@@ -3,8 +3,9 @@ r"""Every analysis of "What is Dataset Distillation Learning?" in one config.
     python -m launch.analyze --config=configs/analysis/paper.py:dataset=mnist5k \
         --config.distilled=/tmp/ddjax/repro/distill --analysis=all --workdir=/tmp/ddjax/analysis
 
-Arguments: dataset (mnist5k, mnist, cifar10, cifar100), size (tiny: tests, seconds;
-demo: mnist5k on 2 CPU cores; paper: the paper's settings, for a GPU). Sections:
+Arguments: dataset (mnist5k, mnist, fashion_mnist, cifar10, cifar100), size (tiny: tests,
+seconds; demo: mnist5k on 2 CPU cores, or fashion_mnist on a class-balanced 400 train /
+100 test images per class, configs/common.py; paper: the paper's settings, for a GPU). Sections:
 Q1 (configs/analysis/substitute.py and training_setup.py), Q2 (information.py), Q3 (semantics.py).
 `launch/reproduce.py` distils the sets first and then runs this; its docstring gives the
 expected results.

@@ -5,7 +5,8 @@ r"""BPTT: back-propagation through unrolled training (Remember-the-Past, RaT-BPT
 
 Arguments (`--config=configs/distill/bptt.py:dataset=cifar10,ipc=10`): dataset (mnist5k,
 mnist, cifar10, cifar100; other names get the CIFAR-10 settings), ipc (1, 10, 50),
-quick (a tiny run for tests). Override anything, e.g. `--config.bptt.window=0`.
+quick (a tiny run for tests), cpu (as configs/distill/dc.py: fashion_mnist at the mnist5k
+settings). Override anything, e.g. `--config.bptt.window=0`.
 
 References (anchors_methods.md §2.1-2.2):
 * RTP (`RememberThePast-DatasetDistillation`, the only documented command, CIFAR-10
@@ -73,7 +74,7 @@ PRESETS = {
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, dataset="mnist5k", ipc=10, quick=False, converged=False,
-                         unroll="rat")
+                         unroll="rat", cpu=False)
   if arg.unroll not in ("rat", "full"):
     raise ConfigError(f"bptt unroll must be 'rat' (RaT-BPTT window) or 'full' (RTP-style "
                      f"full unroll), got {arg.unroll!r}.")
@@ -108,7 +109,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.dataset in ("mnist", "mnist5k", "fashion_mnist"):
     config.preprocess = "standardize"           # digits: no ZCA (as RaT-BPTT and the DC family)
 
-  if arg.dataset == "mnist5k":
+  if common.cpu_sized(arg.dataset, arg.cpu):
+    config.train_per_class, config.eval.test_per_class = common.cpu_subset(arg.dataset)
     config.init = "real"
     config.learn_labels = False
     config.model_kwargs.width = 32

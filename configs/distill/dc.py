@@ -5,7 +5,9 @@ r"""DC: gradient matching (Zhao, Mopuri & Bilen, ICLR 2021), published hyperpara
 
 Arguments (`--config=configs/distill/dc.py:dataset=cifar10,ipc=50`): dataset (mnist5k,
 mnist, fashion_mnist, svhn_cropped, cifar10, cifar100, or any other name with generic
-defaults), ipc (1, 10, 50; 20/30/40 also have reference loops), quick (a tiny run for tests).
+defaults), ipc (1, 10, 50; 20/30/40 also have reference loops), quick (a tiny run for tests),
+cpu (fashion_mnist at the mnist5k settings below, on a class-balanced 400 train / 100 test
+images per class; configs/common.py; configs/reproduce.py passes it at sizes tiny and demo).
 Any field can be overridden, e.g. `--config.dc.lr_img=0.05`.
 
 Reference (DatasetCondensation `main.py`, `utils.py`): ConvNet-3 (width 128, instance
@@ -69,7 +71,8 @@ def quick(config: ml_collections.ConfigDict) -> None:
 
 def gm_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
   """DC (method='dc') or DSA (method='dsa'); they differ in augmentation and defaults."""
-  arg = common.parse_arg(arg, dataset="mnist5k", ipc=10, quick=False, converged=False)
+  arg = common.parse_arg(arg, dataset="mnist5k", ipc=10, quick=False, converged=False,
+                         cpu=False)
   config = distill_common.base_config(method, arg.dataset, arg.ipc)
   dsa = method == "dsa"
   config.init = "real" if dsa else "noise"
@@ -98,9 +101,10 @@ def gm_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     config.eval.dc_epochs = 300
     config.eval.dc_augment = "none"
 
-  if arg.dataset == "mnist5k":
+  if common.cpu_sized(arg.dataset, arg.cpu):
     # CPU-sized: ~100 image updates instead of the reference's 10,000, so lr_img is 10x
     # the published 0.1 (the images move about as far in total; see the docstring).
+    config.train_per_class, config.eval.test_per_class = common.cpu_subset(arg.dataset)
     config.init = "real"
     config.model_kwargs.width = 32
     config.eval.model_kwargs.width = 32

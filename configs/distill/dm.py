@@ -3,7 +3,7 @@ r"""DM: distribution matching (Zhao & Bilen, WACV 2023), published hyperparamete
     python -m launch.distill --config=configs/distill/dm.py:dataset=mnist5k,ipc=10 \
         --workdir=/tmp/ddjax/dm_mnist5k_ipc10
 
-Arguments as configs/distill/dc.py (dataset, ipc, quick).
+Arguments as configs/distill/dc.py (dataset, ipc, quick, cpu).
 
 Reference (DatasetCondensation `main_DM.py`): ConvNet-3, 20,000 iterations, each with a
 fresh randomly initialised and frozen network; per class, ||mean embed(real) - mean
@@ -39,7 +39,8 @@ from configs.distill import dc
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, dataset="mnist5k", ipc=10, quick=False, converged=False)
+  arg = common.parse_arg(arg, dataset="mnist5k", ipc=10, quick=False, converged=False,
+                         cpu=False)
   config = distill_common.base_config("dm", arg.dataset, arg.ipc)
   config.init = "real"
   config.num_iterations = 20000
@@ -58,7 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.dm = hp
   config.eval.dc_augment = hp.dsa_strategy
 
-  if arg.dataset == "mnist5k":
+  if common.cpu_sized(arg.dataset, arg.cpu):
+    config.train_per_class, config.eval.test_per_class = common.cpu_subset(arg.dataset)
     config.model_kwargs.width = 32
     config.eval.model_kwargs.width = 32
     hp.batch_real = 64

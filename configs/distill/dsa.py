@@ -3,7 +3,7 @@ r"""DSA: gradient matching with differentiable Siamese augmentation (Zhao & Bile
     python -m launch.distill --config=configs/distill/dsa.py:dataset=mnist5k,ipc=10 \
         --workdir=/tmp/ddjax/dsa_mnist5k_ipc10
 
-Arguments as configs/distill/dc.py (dataset, ipc, quick). DSA is DC plus Siamese
+Arguments as configs/distill/dc.py (dataset, ipc, quick, cpu). DSA is DC plus Siamese
 augmentation of the real and synthetic batches in every class's matching step (and
 per-sample augmentation while training the network between outer loops). The reference
 command (DatasetCondensation README) is DC's with `--init real --method DSA

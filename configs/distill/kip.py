@@ -5,7 +5,8 @@ r"""KIP: kernel inducing points with the infinite-width ConvNet NTK (ddjax/disti
 
 Arguments (`--config=configs/distill/kip.py:dataset=cifar10,ipc=10`): dataset (mnist5k,
 mnist, cifar10, cifar100, or any other name with the CIFAR settings), ipc (1, 10, 50),
-quick. Override anything, e.g. `--config.learn_labels=True`, `--config.kip.pooling=False`.
+quick, cpu (as configs/distill/dc.py: fashion_mnist at the mnist5k settings). Override
+anything, e.g. `--config.learn_labels=True`, `--config.kip.pooling=False`.
 
 References (anchors_methods.md §2.6): KIP (`google-research/kip/KIP.ipynb`): support
 initialised from a class-balanced real sample, centred one-hot labels, a class-balanced
@@ -46,7 +47,8 @@ from configs.distill import dc
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, dataset="mnist5k", ipc=10, quick=False, converged=False)
+  arg = common.parse_arg(arg, dataset="mnist5k", ipc=10, quick=False, converged=False,
+                         cpu=False)
   config = distill_common.base_config("kip", arg.dataset, arg.ipc)
   digits = arg.dataset in ("mnist", "mnist5k", "fashion_mnist")
   config.init = "real"
@@ -71,7 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   hp.kernel_impl = "ddjax"
   config.kip = hp
 
-  if arg.dataset == "mnist5k":
+  if common.cpu_sized(arg.dataset, arg.cpu):
+    config.train_per_class, config.eval.test_per_class = common.cpu_subset(arg.dataset)
     config.eval.model_kwargs.width = 32
     hp.pooling = False
     hp.kernel_block = 0

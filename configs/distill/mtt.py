@@ -12,7 +12,8 @@ dataset, preprocessing and model must match this config (checked at load). Rows 
 ZCA need ZCA experts: `configs/experts.py:dataset=cifar10,zca`.
 
 Arguments (`--config=configs/distill/mtt.py:dataset=cifar10,ipc=10`): dataset (mnist5k,
-mnist, cifar10, cifar100; other names get the CIFAR-10 rows), ipc (1, 10, 50), quick.
+mnist, cifar10, cifar100; other names get the CIFAR-10 rows), ipc (1, 10, 50), quick, cpu (as
+configs/distill/dc.py: fashion_mnist at the mnist5k settings).
 
 Reference hyperparameters: DC-Bench's "parameters provided by the author" (the MTT README
 table is an image; anchors_methods.md §2.5). syn_steps / expert_epochs / max_start_epoch
@@ -62,7 +63,8 @@ PRESETS = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, dataset="mnist5k", ipc=10, quick=False, converged=False)
+  arg = common.parse_arg(arg, dataset="mnist5k", ipc=10, quick=False, converged=False,
+                         cpu=False)
   config = distill_common.base_config("mtt", arg.dataset, arg.ipc)
   config.init = "real"
   config.num_iterations = 5000
@@ -86,7 +88,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.preprocess = "zca_kornia" if zca and dataset == arg.dataset else "standardize"
   config.eval.dc_augment = hp.dsa_strategy
 
-  if arg.dataset == "mnist5k":
+  if common.cpu_sized(arg.dataset, arg.cpu):
+    config.train_per_class, config.eval.test_per_class = common.cpu_subset(arg.dataset)
     config.model_kwargs.width = 32
     config.eval.model_kwargs.width = 32
     hp.update(syn_steps=12, expert_epochs=2, max_start_epoch=8, lr_img=100.0, lr_lr=1e-5,

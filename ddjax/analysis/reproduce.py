@@ -347,6 +347,17 @@ def experts_stage(config, workdir: str, methods: list[str], timer: Timer) -> Non
 def distill_stage(config, workdir: str, methods: list[str], timer: Timer) -> dict[str, dict]:
   """Runs (or skips) every method; returns {method: results.json content} of finished ones."""
   results = {}
+  if uses_shipped_sets(config):
+    unshipped = [m for m in methods if not distilled_done(os.path.join(workdir, DISTILL_DIR, m))
+                 and not shipped_entry(config, m)]
+    if unshipped:
+      from ddjax.distill import pretrained  # pylint: disable=g-import-not-at-top
+      shipped = sorted({d for d, _, _ in pretrained.available()})
+      logging.warning(
+          "No shipped %s set at IPC %d for %s (ddjax ships sets for %s): distilling them "
+          "here with config.distill (outer iterations: %s).", config.dataset, int(config.ipc),
+          ", ".join(unshipped), ", ".join(shipped) or "no dataset",
+          ", ".join(f"{m} {config.distill[m].num_iterations}" for m in unshipped))
   for method in methods:
     method_dir = os.path.join(workdir, DISTILL_DIR, method)
     if distilled_done(method_dir):
@@ -355,9 +366,6 @@ def distill_stage(config, workdir: str, methods: list[str], timer: Timer) -> dic
       timer.run("distill", method,
                 lambda m=method, d=method_dir: install_shipped(config, m, d), keep_going=False)
     else:
-      if uses_shipped_sets(config):
-        logging.warning("No shipped %s set for %s at IPC %d: distilling it here with this "
-                        "config.", method, config.dataset, int(config.ipc))
       if method == "mtt" and any(r.stage == "experts" and r.status == "failed"
                                  for r in timer.records):
         timer.skip("distill", method, "no experts (their training failed)")

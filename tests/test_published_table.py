@@ -179,6 +179,14 @@ def test_a_stopped_row_resumes_from_its_checkpoint(tiny_data, tmp_path):
   out, table = run_table(workdir, tiny_data, "--methods=dc", "--ipcs=1")
   assert [(c["start"], c["end"]) for c in chunk_log(workdir, "dc_ipc1")] == [(0, 1), (1, 2)]
   assert table["rows"][0]["status"] == "measured" and table["stopped_before"] is None
+  # Each chunk's closing evaluation is a one-network progress point; the published
+  # protocol, over all the evaluation networks, runs once, in the evaluation unit.
+  with open(os.path.join(workdir, "dc_ipc1", driver.RESULTS_FILE)) as f:
+    assert len(json.load(f)["protocol_a_all"]) == 1
+  with open(os.path.join(workdir, "dc_ipc1", pt.ROW_FILE)) as f:
+    row = json.load(f)
+  assert len(row["protocol_a_all"]) == len(row["dc_all"]) == pub.distill_config(
+      "dc", 1, "tiny").eval.num_seeds > 1
   # Distilled in two invocations = distilled in one: the driver's keys are fold_in(key, i).
   config = pub.distill_config("dc", 1, "tiny")
   config.data_dir, config.progress, config.eval.dc_protocol = tiny_data, False, False

@@ -96,6 +96,16 @@ def test_run_influence_equals_direct_loo_influence(env, influence_results):
                              rtol=1e-12, atol=0)
   assert np.abs(saved["influence"]).max() > 1e-4  # the retrains really differ
   assert influence_results["sets"]["dm"]["loo_runs"] == 21
+  # The hard-example split rests on the saved all-points model: its predictions agree
+  # with the saved accuracy, and misclassified test images carry the larger losses.
+  correct = semantics.all_points_correct(config, real, saved)
+  assert correct.mean() == pytest.approx(float(saved["accuracy_all"]), abs=1e-6)
+  entry = influence_results["sets"]["dm"]
+  assert entry["purity_correct"]["num_test"] == int(correct.sum())
+  assert entry["hard_examples"]["pool_fraction_misclassified"] == pytest.approx(
+      1 - correct.mean())
+  if 0 < correct.sum() < correct.size:
+    assert saved["loss_all"][~correct].mean() > saved["loss_all"][correct].mean()
 
 
 def test_row_subset_equals_rows_of_full_loo():
@@ -167,6 +177,30 @@ def test_purity_on_a_constructed_matrix():
   assert st["hard_examples"]["topk_mean_loss_all"] == pytest.approx((0.1 + 0.2 + 4.0 + 0.1) / 4)
   with pytest.raises(ValueError, match="at least k"):
     semantics.top_helped(matrix, 7)
+
+
+def test_purity_among_correct_test_images_removes_the_hard_example_pull():
+  # Test image 3 (class 1) is hard (misclassified) and every row's largest entry: it takes
+  # a top-2 slot of both class-0 rows. Among correctly classified test images only, each
+  # row's top 2 are its own class.
+  test_labels = np.array([0, 0, 0, 1, 1, 2])
+  correct = np.array([True, True, True, False, True, True])
+  matrix = np.array([[5.0, 1.0, 0.5, 9.0, 0.0, 0.2],
+                     [0.3, 4.0, 3.0, 8.0, -1.0, 0.1]])
+  st = semantics.influence_statistics(matrix, [0, 0], test_labels, 2,
+                                      np.array([0.1, 0.2, 0.3, 4.0, 0.5, 0.6]), correct)
+  np.testing.assert_allclose(st["purity"]["per_image"], [0.5, 0.5])
+  np.testing.assert_allclose(st["purity_correct"]["per_image"], [1.0, 1.0])
+  assert st["purity_correct"]["num_test"] == 5
+  assert st["purity_correct"]["chance"] == pytest.approx(3 / 5)
+  assert st["hard_examples"]["topk_fraction_misclassified"] == pytest.approx(0.5)
+  assert st["hard_examples"]["pool_fraction_misclassified"] == pytest.approx(1 / 6)
+  # The restriction is exactly purity on the kept columns.
+  direct = semantics.class_purity(matrix[:, correct], [0, 0], test_labels[correct], 2)
+  np.testing.assert_array_equal(st["purity_correct"]["per_image"], direct)
+  # Fewer correct test images than k: no purity, only the count.
+  assert semantics.correct_subset_purity(matrix, [0, 0], test_labels,
+                                         np.eye(6, dtype=bool)[0], 2) == {"num_test": 1}
 
 
 def test_resume_skips_recomputation_and_reruns_on_changed_settings(env, influence_results,

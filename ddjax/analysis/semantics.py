@@ -44,7 +44,7 @@ from jax.flatten_util import ravel_pytree
 from scipy import stats
 from tqdm.auto import tqdm
 
-from ddjax import curvature, data, influence as influence_lib, models
+from ddjax import curvature, data, influence as influence_lib, models, train
 from ddjax.analysis import common
 from ddjax.distill import synset
 from ddjax.errors import ConfigError
@@ -402,6 +402,16 @@ def trained_variables(config, real, params_flat) -> tuple[Any, dict]:
   return model, unravel(jnp.asarray(params_flat, flat.dtype))
 
 
+def all_points_correct(config, real: data.ImageDataset, res: dict) -> np.ndarray:
+  """[tests] bool: whether the LOO reference model (trained on every distilled image, the
+  saved `params_flat`) classifies each test image of the influence pool correctly."""
+  model, variables = trained_variables(config, real, res["params_flat"])
+  x_test = jnp.asarray(real.x_test[res["test_indices"]])
+  out = train.evaluate(model, variables, x_test, jnp.asarray(res["test_labels"]),
+                       int(config.influence.eval_batch_size))
+  return np.asarray(out["predictions"]) == np.asarray(res["test_labels"])
+
+
 # ----------------------------------------------------------------------------- figures
 
 
@@ -482,14 +492,46 @@ def _summary(values) -> dict[str, float]:
           "min": float(values.min()), "max": float(values.max())}
 
 
+def correct_subset_purity(matrix, row_labels, test_labels, correct, k: int) -> dict[str, Any]:
+  """Top-k class purity with the ranking restricted to test images a model gets right.
+
+  Separates "image i helps test images of its class" from "image i moves the loss of the
+  few hard test images most": among test images the all-points model already classifies
+  correctly, the hard-example pull is largely gone, so a purity that stays above chance
+  (and above a random-real control's) is class-specific help.
+
+  Args:
+    matrix: [rows, tests] influence, larger = helps more.
+    row_labels: [rows] class of each left-out image.
+    test_labels: [tests] class of each test image.
+    correct: [tests] bool, whether the reference model classifies each test image right.
+    k: top-k size.
+
+  Returns:
+    {'per_image', summary stats, 'chance', 'num_test'}; {'num_test': n} alone (and no
+    purity) when fewer than k test images are correct.
+  """
+  correct = np.asarray(correct, bool)
+  test_labels = np.asarray(test_labels)
+  n = int(correct.sum())
+  if n < k:
+    return {"num_test": n}
+  kept = test_labels[correct]
+  purity = class_purity(np.asarray(matrix)[:, correct], row_labels, kept, k)
+  chance = float(np.mean([np.mean(kept == c) for c in np.asarray(row_labels)]))
+  return {"per_image": purity, **_summary(purity), "chance": chance, "num_test": n}
+
+
 def influence_statistics(matrix, row_labels, test_labels, k: int,
-                         loss_all=None) -> dict[str, Any]:
+                         loss_all=None, correct_all=None) -> dict[str, Any]:
   """Purity of each row's top-k and the influence magnitudes (same vs other class).
 
   Beyond the paper: `purity_standardized` ranks by each test column's z-score over the
   left-out images (which image affects test image t unusually strongly), removing the
   per-test-image scale; with `loss_all` (the all-points model's test losses), how much the
-  raw top-k is drawn to test images that model finds hard.
+  raw top-k is drawn to test images that model finds hard; with `correct_all` (whether
+  that model classifies each test image right), the share of misclassified images in the
+  top-k and `purity_correct` (`correct_subset_purity`).
   """
   matrix = np.asarray(matrix, np.float64)
   row_labels, test_labels = np.asarray(row_labels), np.asarray(test_labels)
@@ -537,6 +579,13 @@ def influence_statistics(matrix, row_labels, test_labels, k: int,
         "topk_mean_loss_all": float(loss_all[top].mean()),
         "pool_mean_loss_all": float(loss_all.mean()),
         "pool_median_loss_all": float(np.median(loss_all))}
+  if correct_all is not None:
+    wrong = ~np.asarray(correct_all, bool)
+    out.setdefault("hard_examples", {}).update({
+        "topk_fraction_misclassified": float(wrong[top].mean()),
+        "pool_fraction_misclassified": float(wrong.mean())})
+    out["purity_correct"] = correct_subset_purity(matrix, row_labels, test_labels,
+                                                  ~wrong, k)
   return out
 
 
@@ -552,7 +601,7 @@ def run_influence(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     dset = adata.distilled[name]
     res = exact_influence(config, workdir, name, dset, real)
     st = influence_statistics(res["influence"], res["row_labels"], res["test_labels"], k,
-                              res["loss_all"])
+                              res["loss_all"], all_points_correct(config, real, res))
     top = top_helped(res["influence"], k)
     per_set[name] = {
         "method": dset.method, "control": _is_control(dset),
@@ -891,6 +940,20 @@ def _fmt(x: float, digits: int = 2) -> str:
   return f"{x:.{digits}f}"
 
 
+def _hard_example_text(sets: dict, names: list[str]) -> str:
+  """The hard-example measurements of the claim row (absent from results before them)."""
+  have = [n for n in names if "mean" in sets[n].get("purity_correct", {})]
+  if not have:
+    return ""
+  hard = sets[have[0]]["hard_examples"]
+  return ("; misclassified by the all-points model: " + ", ".join(
+      f"{n} {_fmt(sets[n]['hard_examples']['topk_fraction_misclassified'])}" for n in have)
+      + f" of the top-k vs {_fmt(hard['pool_fraction_misclassified'])} of the pool"
+      + "; top-k among correctly classified test images only: " + ", ".join(
+          f"{n} {_fmt(sets[n]['purity_correct']['mean'])}" for n in have)
+      + f" (chance {_fmt(sets[have[0]]['purity_correct']['chance'])})")
+
+
 def _influence_claims(res: dict) -> list[dict]:
   learned = [n for n in res["set_order"] if not res["sets"][n]["control"]]
   if not learned:
@@ -911,6 +974,7 @@ def _influence_claims(res: dict) -> list[dict]:
   measured += f"; chance {_fmt(sets[learned[0]]['purity']['chance'])}"
   measured += "; column-standardised ranking: " + ", ".join(
       f"{n} {_fmt(sets[n]['purity_standardized']['mean'])}" for n in learned)
+  measured += _hard_example_text(sets, learned + control[:1])
   return [{
       "question": "Q3", "analysis": "influence",
       "claim": ("Individual distilled images carry meaningful, class-specific information: the "

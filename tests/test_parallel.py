@@ -140,8 +140,17 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     total = parallel.sharded_sum(lambda v, w: w * jnp.sin(v), in_axes=(0, 0))(
         jnp.arange(11.0), jnp.linspace(0, 1, 11))
     expected = float(jnp.sum(jnp.linspace(0, 1, 11) * jnp.sin(jnp.arange(11.0))))
+    # In chunks of 3 members (rounded up to 8 on 8 devices): one call, same result; in
+    # chunks of 9 after 13 members: two calls, the second padded.
+    chunked = parallel.sharded_vmap(fit, chunk_size=3)(keys, subsets)
+    keys13 = jax.random.split(jax.random.PRNGKey(11), 13)
+    subsets13 = jnp.concatenate([subsets, subsets, subsets[:3]])
+    chunked13 = parallel.sharded_vmap(fit, chunk_size=9)(keys13, subsets13)
+    ref13 = jax.jit(jax.vmap(fit))(keys13, subsets13)
     out["pool"] = {"diff": diff(got, ref), "shape": list(got.shape),
-                   "sum_diff": abs(float(total) - expected)}
+                   "sum_diff": abs(float(total) - expected), "chunked_diff": diff(chunked, ref),
+                   "chunked13_diff": diff(chunked13, ref13),
+                   "chunked13_shape": list(chunked13.shape)}
     print(json.dumps(out))
 """)
 
@@ -180,6 +189,8 @@ def test_every_sharded_path_matches_one_device_on_8_cpu_devices(eight_device_res
   # Pool: 5 members on 8 devices (padded and trimmed); sharded_sum masks the padding.
   assert r["pool"]["shape"] == [5, 6] and r["pool"]["diff"] <= 1e-5
   assert r["pool"]["sum_diff"] <= 1e-5
+  assert r["pool"]["chunked_diff"] <= 1e-5 and r["pool"]["chunked13_diff"] <= 1e-5
+  assert r["pool"]["chunked13_shape"] == [13, 6]
 
 
 def test_sharded_vmap_single_device_and_errors():
@@ -191,6 +202,63 @@ def test_sharded_vmap_single_device_and_errors():
     parallel.sharded_vmap(lambda a: a, in_axes=(1,))(jnp.ones((2, 3)))
   total = parallel.sharded_sum(lambda a: a ** 2)(jnp.arange(4.0))
   np.testing.assert_allclose(total, 14.0)
+
+
+def test_sharded_vmap_in_chunks_equals_one_call():
+  def member(w, x):  # a pytree out, a replicated argument
+    h = jnp.tanh(x @ w)
+    return {"h": h, "norm": jnp.sum(h ** 2)}
+
+  ws = jax.random.normal(jax.random.PRNGKey(0), (7, 4, 3))
+  x = jax.random.normal(jax.random.PRNGKey(1), (5, 4))
+  whole = parallel.sharded_vmap(member, in_axes=(0, None))(ws, x)
+  for chunk in (1, 3, 7, 50):          # 3: two full chunks and a padded one
+    got = parallel.sharded_vmap(member, in_axes=(0, None), chunk_size=chunk)(ws, x)
+    assert got["h"].shape == (7, 5, 3) and got["norm"].shape == (7,)
+    np.testing.assert_allclose(got["h"], whole["h"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got["norm"], whole["norm"], rtol=1e-6)
+  with pytest.raises(ValueError, match="chunk_size must be >= 0"):
+    parallel.sharded_vmap(member, chunk_size=-1)
+
+
+def test_members_per_call_sets_the_default_chunk_and_the_analyses_use_it(monkeypatch):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from ddjax import analysis  # pylint: disable=g-import-not-at-top
+  calls = []  # the member count of each compiled call
+  compiled_vmap = parallel._jitted_vmap
+
+  def recording(fn, axes):
+    compiled = compiled_vmap(fn, axes)
+    return lambda *args: (calls.append(args[0].shape[0]), compiled(*args))[1]
+
+  monkeypatch.setattr(parallel, "_jitted_vmap", recording)
+  ws = jnp.arange(5.0)
+  with parallel.members_per_call(2):
+    np.testing.assert_allclose(parallel.sharded_vmap(lambda w: w * 2)(ws), 2 * ws)
+    assert calls == [2, 2, 2]                       # 2 + 2 + (1 padded to 2)
+    np.testing.assert_allclose(parallel.sharded_vmap(lambda w: w * 2, chunk_size=0)(ws), 2 * ws)
+  assert calls == [2, 2, 2, 5]
+  with pytest.raises(ValueError, match="must be >= 0"):
+    with parallel.members_per_call(-1):
+      pass
+
+  monkeypatch.setitem(analysis.ANALYSES, "probe", (__name__, "_record_chunk"))
+  _SEEN.clear()
+  run = analysis.get_analysis("probe")
+  run(ml_collections.ConfigDict({"member_chunk": 3}), "/nonexistent")
+  run(ml_collections.ConfigDict({}), "/nonexistent")
+  assert _SEEN == [3, 0] and parallel._MEMBERS_PER_CALL[0] == 0
+  with pytest.raises(analysis.ConfigError, match="member_chunk"):
+    run(ml_collections.ConfigDict({"member_chunk": -2}), "/nonexistent")
+
+
+_SEEN: list = []
+
+
+def _record_chunk(config, workdir):
+  del config, workdir
+  _SEEN.append(parallel._MEMBERS_PER_CALL[0])
+  return {}
 
 
 def test_helpers_on_one_device():

@@ -441,6 +441,8 @@ def test_full_size_has_the_faithful_settings_on_the_tiny_tested_fields():
   assert keys(full.analysis) == keys(tiny.analysis)
   a = full.analysis
   assert a.model_kwargs.width == 32 and a.protocol_a.steps == 300 and a.protocol_a.num_seeds == 5
+  # Pools in chunks of 4 models (30 at once did not fit 24 GB); tiny runs the chunked path.
+  assert a.member_chunk == 4 and 0 < tiny.analysis.member_chunk < 4
   # Mixing: the paper's additions and steps, an independent random baseline.
   assert a.mixing.additions == "0,2,10,50,250" and a.mixing.steps == 0
   assert a.mixing.baseline == "random_independent"

@@ -47,6 +47,14 @@ def base_config(dataset: str = "mnist5k", size: str = "demo") -> ml_collections.
   config.protocol_a = ml_collections.ConfigDict(
       {"steps": 300, "learning_rate": 0.01, "momentum": 0.9, "num_seeds": 5})
 
+  # At most this many models per vmapped call in the analyses' pools (0 = all at once;
+  # ddjax.parallel.members_per_call): a memory bound, the results are the same. full
+  # trains 25-30 models of one kind at a time, and 30 width-32 ConvNets evaluated on
+  # 1,000 MNIST test images in one call went past 22 GB on the CPU (killed by the OOM
+  # killer); the demo's pools (at most 8) peak at ~6 GB. tiny uses chunks too, so that
+  # the tests run the chunked path full runs.
+  config.member_chunk = {"full": 4, "tiny": 2}.get(size, 0)
+
   if size in ("tiny", "demo", "full"):
     # full: the width the shipped mnist5k sets were distilled and evaluated with.
     config.model_kwargs.width = 8 if size == "tiny" else 32

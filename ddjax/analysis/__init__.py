@@ -7,9 +7,11 @@ Each entry of `ANALYSES` is `run_<name>(config, workdir) -> dict`, writing
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any, Callable
 
+from ddjax import parallel
 from ddjax.errors import ConfigError
 
 # name -> (module, function). Q1 "can it substitute for real data?" (paper section 3),
@@ -30,10 +32,25 @@ ANALYSES: dict[str, tuple[str, str]] = {
 
 
 def get_analysis(name: str) -> Callable[[Any, str], dict]:
+  """The analysis `name` as `run(config, workdir) -> dict`.
+
+  The run vmaps at most `config.member_chunk` models per call (0 = all; see
+  `ddjax.parallel.members_per_call`), which bounds the memory of its model pools.
+  """
   if name not in ANALYSES:
     raise ConfigError(f"Unknown analysis {name!r}; expected one of {sorted(ANALYSES)}.")
-  module, fn = ANALYSES[name]
-  return getattr(importlib.import_module(module), fn)
+  module, fn_name = ANALYSES[name]
+  fn = getattr(importlib.import_module(module), fn_name)
+
+  @functools.wraps(fn)
+  def run(config, workdir: str) -> dict:
+    chunk = int(config.get("member_chunk", 0) or 0)
+    if chunk < 0:
+      raise ConfigError(f"config.member_chunk must be >= 0, got {chunk}.")
+    with parallel.members_per_call(chunk):
+      return fn(config, workdir)
+
+  return run
 
 
 # Modules whose `claims(results)` rows make the report's claim table, in report order.

@@ -391,7 +391,8 @@ def analysis_fingerprint(cfg: ml_collections.ConfigDict) -> str:
     with open(path, "rb") as f:
       sets[name] = hashlib.sha1(f.read()).hexdigest()
   fields = json.loads(cfg.to_json_best_effort(sort_keys=True))
-  for volatile in ("progress", "distilled", "cache_dir"):
+  # member_chunk only bounds memory (models per vmapped call).
+  for volatile in ("progress", "distilled", "cache_dir", "member_chunk"):
     fields.pop(volatile, None)
   text = json.dumps({"sets": sets, "config": fields}, sort_keys=True, default=str)
   return hashlib.sha1(text.encode()).hexdigest()

@@ -17,7 +17,9 @@ ddjax/distill/pretrained_sets/v1/manifest.json) and distils nothing, except a me
 whose set is not shipped; `--config.sets=distil` re-distils every method from scratch
 with the demo's cut iterations (as before the sets were shipped: 24 min, protocol-A
 accuracies 0.88 for random real and 0.89-0.92 for the five methods, 7 of 16 claims
-reproduced; docs/demo/report.md is a committed copy of such a run).
+reproduced). Expected with the shipped sets: ~17 min on 2 free cores (19 min 10 s in a
+fresh clone, `make setup` included), protocol A 0.92-0.94 for the five methods, 7 of 16
+claims reproduced (a different 7; docs/demo/report.md is a committed copy of that run).
 
 Fashion-MNIST on 2 CPU cores (offline from Debian's idx files, `make fashion-mnist`, or
 `--config.data_dir=DIR` holding them; ddjax/data/idx.py):

@@ -92,21 +92,25 @@ _AUTO_ENABLED = [True]
 
 
 @contextlib.contextmanager
-def auto_sharding(enabled: bool) -> Iterator[None]:
-  """Turns the library hooks' "auto" sharding on or off inside the block (read at trace time)."""
-  previous = _AUTO_ENABLED[0]
-  _AUTO_ENABLED[0] = bool(enabled)
+def _setting(cell: list, value: Any) -> Iterator[None]:
+  """Holds `value` in the one-element module setting `cell` inside the block."""
+  previous = cell[0]
+  cell[0] = value
   try:
     yield
   finally:
-    _AUTO_ENABLED[0] = previous
+    cell[0] = previous
+
+
+def auto_sharding(enabled: bool) -> contextlib.AbstractContextManager:
+  """Turns the library hooks' "auto" sharding on or off inside the block (read at trace time)."""
+  return _setting(_AUTO_ENABLED, bool(enabled))
 
 
 _MEMBERS_PER_CALL = [0]  # sharded_vmap's default chunk_size; 0 = every member in one call
 
 
-@contextlib.contextmanager
-def members_per_call(chunk_size: int) -> Iterator[None]:
+def members_per_call(chunk_size: int) -> contextlib.AbstractContextManager:
   """Sets `sharded_vmap`'s default `chunk_size` inside the block (0 = all in one call).
 
   A memory bound for code that vmaps many models deep inside (the analyses' model pools),
@@ -114,12 +118,7 @@ def members_per_call(chunk_size: int) -> Iterator[None]:
   """
   if int(chunk_size) < 0:
     raise ValueError(f"members_per_call: chunk_size must be >= 0, got {chunk_size}.")
-  previous = _MEMBERS_PER_CALL[0]
-  _MEMBERS_PER_CALL[0] = int(chunk_size)
-  try:
-    yield
-  finally:
-    _MEMBERS_PER_CALL[0] = previous
+  return _setting(_MEMBERS_PER_CALL, int(chunk_size))
 
 
 def auto_mesh() -> Mesh | None:

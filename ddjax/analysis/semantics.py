@@ -492,6 +492,12 @@ def _summary(values) -> dict[str, float]:
           "min": float(values.min()), "max": float(values.max())}
 
 
+def purity_chance(row_labels, test_labels) -> float:
+  """The expected top-k purity of a random ranking: each row's class share of the tests."""
+  test_labels = np.asarray(test_labels)
+  return float(np.mean([np.mean(test_labels == c) for c in np.asarray(row_labels)]))
+
+
 def correct_subset_purity(matrix, row_labels, test_labels, correct, k: int) -> dict[str, Any]:
   """Top-k class purity with the ranking restricted to test images a model gets right.
 
@@ -518,8 +524,8 @@ def correct_subset_purity(matrix, row_labels, test_labels, correct, k: int) -> d
     return {"num_test": n}
   kept = test_labels[correct]
   purity = class_purity(np.asarray(matrix)[:, correct], row_labels, kept, k)
-  chance = float(np.mean([np.mean(kept == c) for c in np.asarray(row_labels)]))
-  return {"per_image": purity, **_summary(purity), "chance": chance, "num_test": n}
+  return {"per_image": purity, **_summary(purity), "chance": purity_chance(row_labels, kept),
+          "num_test": n}
 
 
 def influence_statistics(matrix, row_labels, test_labels, k: int,
@@ -541,7 +547,7 @@ def influence_statistics(matrix, row_labels, test_labels, k: int,
   mean_same = np.array([m[s].mean() for m, s in zip(matrix, same)])
   mean_other = np.array([m[~s].mean() if (~s).any() else np.nan for m, s in zip(matrix, same)])
   gap = mean_same - mean_other
-  chance = np.mean([np.mean(test_labels == c) for c in row_labels])
+  chance = purity_chance(row_labels, test_labels)
   if gap.size > 1 and np.any(gap != 0):
     wilcoxon_p = float(stats.wilcoxon(gap, alternative="greater").pvalue)
   else:

@@ -1,5 +1,6 @@
 r"""Curvature of a model's loss at one parameter state: Hessian trace, top eigenvalues,
-spectral density (E7's quantities), written to the workdir as JSON and PNG.
+spectral density (the quantities of the paper's loss-curvature analysis, section 4.3),
+written to the workdir as JSON and PNG.
 
     python -m launch.curvature --config=configs/curvature.py --workdir=/tmp/ddjax/curv
     python -m launch.curvature \

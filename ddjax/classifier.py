@@ -22,9 +22,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from ddjax import checkpoint, data, errors, models, train, validation, workdir as workdir_lib
+from ddjax import checkpoint, data, errors, models, optim, progress_bar, train, validation
+from ddjax import workdir as workdir_lib
+
+__all__ = ["RESUMABLE_FIELDS", "TrainingDiverged", "load_preprocessed", "make_optimizer",
+           "resumable_fields", "train_and_evaluate"]
 
 # Fields of configs/train.py a re-run in the same workdir may change (besides
 # workdir.ALWAYS_RESUMABLE): when to evaluate and checkpoint, and the evaluation batch
@@ -37,7 +40,20 @@ class TrainingDiverged(FloatingPointError, errors.DdjaxError):
 
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-  """SGD (torch semantics) or Adam, with a constant, cosine or DC-midpoint schedule."""
+  """SGD (torch semantics) or Adam, with a constant, cosine or DC-midpoint schedule.
+
+  Args:
+    config: a configs/train.py config (optimizer, learning_rate, schedule, momentum,
+      weight_decay).
+    total_steps: the run's total optimiser steps (the cosine and midpoint schedules
+      depend on it).
+
+  Returns:
+    `optim.make(config.optimizer, schedule, ...)`.
+
+  Raises:
+    ConfigError: an unknown schedule or optimizer.
+  """
   lr = config.learning_rate
   if config.schedule == "constant":
     schedule = lr
@@ -48,16 +64,24 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax
   else:
     raise errors.ConfigError(
         f"Unknown schedule {config.schedule!r}; expected constant, cosine or midpoint.")
-  if config.optimizer == "sgd":
-    return train.sgd_momentum(schedule, config.momentum, config.weight_decay)
-  if config.optimizer == "adam":
-    tx = optax.adam(schedule)
-    return optax.chain(optax.add_decayed_weights(config.weight_decay), tx) if config.weight_decay else tx
-  raise errors.ConfigError(f"Unknown optimizer {config.optimizer!r}; expected sgd or adam.")
+  return optim.make(config.optimizer, schedule, momentum=config.momentum,
+                    weight_decay=config.weight_decay)
 
 
 def load_preprocessed(config: ml_collections.ConfigDict) -> tuple[data.ImageDataset, data.Preprocessor]:
-  """The config's dataset, optionally limited to n per class, in model space."""
+  """The config's dataset, optionally limited to n per class, in model space.
+
+  Args:
+    config: a config with dataset, preprocess and seed, and optionally data_dir,
+      train_per_class and test_per_class (class-balanced subsets drawn from the seed).
+
+  Returns:
+    (dataset with preprocessed images, the Preprocessor fitted on its train split).
+
+  Raises:
+    DatasetError: the dataset cannot be loaded.
+    ConfigError: an unknown preprocessing, or more per class than a class has.
+  """
   ds = data.load_dataset(config.dataset, data_dir=config.get("data_dir"))
   key = jax.random.PRNGKey(config.seed)
   train_idx = test_idx = None
@@ -78,7 +102,14 @@ def load_preprocessed(config: ml_collections.ConfigDict) -> tuple[data.ImageData
 def resumable_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The fields a re-run in the same workdir may change: RESUMABLE_FIELDS, and
   num_epochs under the constant schedule (the cosine and midpoint schedules depend on
-  the total step count, so there a longer run is another computation)."""
+  the total step count, so there a longer run is another computation).
+
+  Args:
+    config: a configs/train.py config.
+
+  Returns:
+    The field names.
+  """
   return RESUMABLE_FIELDS + (("num_epochs",) if config.schedule == "constant" else ())
 
 
@@ -132,15 +163,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: wo
   start_epoch = int(meta.get("epoch", 0))
   if step is not None:
     logging.info("Resumed from checkpoint at epoch %d in %s", start_epoch, ckpt.directory)
-    print(f"Resumed from checkpoint at epoch {start_epoch}", flush=True)
 
   epoch_fn = jax.jit(functools.partial(train.train_epoch, model, tx, batch_size=batch_size),
                      donate_argnums=(0,))
   eval_fn = jax.jit(functools.partial(train.evaluate, model, batch_size=config.eval_batch_size))
 
   test = None
-  with tqdm(total=config.num_epochs, initial=start_epoch, desc="train", unit="epoch",
-            disable=not config.get("progress", True)) as bar:
+  with progress_bar.bar(total=config.num_epochs, initial=start_epoch, desc="train", unit="epoch",
+                        enabled=config.get("progress", True)) as bar:
     for epoch in range(start_epoch, config.num_epochs):
       state, history = epoch_fn(state, x_train, y_train, jax.random.fold_in(train_key, epoch))
       train_loss = float(jnp.mean(history["loss"]))

@@ -43,11 +43,18 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.flatten_util import ravel_pytree
-from tqdm.auto import tqdm
 
-from ddjax import augment, checkpoint, classifier, data, errors, integrity, models, parallel, train
-from ddjax import validation, workdir as workdir_lib
+from ddjax import augment, checkpoint, classifier, data, errors, integrity, models, optim, parallel
+from ddjax import progress_bar, train, validation, workdir as workdir_lib
+
+__all__ = [
+    "BUFFER_FILE", "IN_PROGRESS", "ExpertBufferError", "ExpertsDiverged", "completed_experts",
+    "default_buffer_dir", "expert_keys", "expert_path", "init_states", "load_trajectories",
+    "make_epoch_fn", "make_optimizer", "param_kwargs", "place_group", "read_spec", "train_experts",
+    "train_group", "unravel_fn",
+]
 
 BUFFER_FILE = "buffer.json"
 IN_PROGRESS = "in_progress"
@@ -70,21 +77,57 @@ class ExpertsDiverged(FloatingPointError, errors.DdjaxError):
 
 
 def expert_path(buffer_dir: str, index: int) -> str:
+  """The file of finished expert `index`.
+
+  Args:
+    buffer_dir: the buffer directory.
+    index: the expert's index.
+
+  Returns:
+    <buffer_dir>/expert_<index, 5 digits>.npz.
+  """
   return os.path.join(buffer_dir, f"expert_{index:05d}.npz")
 
 
 def default_buffer_dir(dataset: str, preprocess: str, root: str = "workdirs/experts") -> str:
-  """Where launch/train_experts.py writes, and MTT reads, by default."""
+  """Where launch/train_experts.py writes, and MTT reads, by default.
+
+  Args:
+    dataset: the dataset name.
+    preprocess: the preprocessing kind.
+    root: the directory of all buffers.
+
+  Returns:
+    <root>/<dataset>_<preprocess>.
+  """
   return os.path.join(root, f"{dataset}_{preprocess}")
 
 
 def param_kwargs(model_kwargs: dict) -> dict:
-  """The model fields that shape the parameters (conv_impl does not)."""
+  """The model fields that shape the parameters (conv_impl does not).
+
+  Args:
+    model_kwargs: a config's model_kwargs.
+
+  Returns:
+    Those fields without conv_impl, sorted by name.
+  """
   return {k: v for k, v in sorted(dict(model_kwargs).items()) if k != "conv_impl"}
 
 
 def buffer_spec(config: ml_collections.ConfigDict, num_classes: int, image_shape, num_params: int
                 ) -> dict[str, Any]:
+  """The settings that define a buffer's experts, as written to buffer.json.
+
+  Args:
+    config: a configs/experts.py config.
+    num_classes: the dataset's class count.
+    image_shape: (H, W, C).
+    num_params: the model's parameter count.
+
+  Returns:
+    The spec: the SPEC_FIELDS and the format version.
+  """
   return {"dataset": config.dataset, "train_per_class": int(config.get("train_per_class", 0) or 0),
           "preprocess": config.preprocess, "model": models.canonical_model_name(config.model),
           "model_kwargs": param_kwargs(config.model_kwargs), "num_classes": int(num_classes),
@@ -96,11 +139,33 @@ def buffer_spec(config: ml_collections.ConfigDict, num_classes: int, image_shape
 
 
 def spec_differences(saved: dict, expected: dict, fields=SPEC_FIELDS) -> list[str]:
+  """The fields on which two buffer specs differ, as readable lines.
+
+  Args:
+    saved: the buffer's spec.
+    expected: the spec the run needs.
+    fields: the fields compared.
+
+  Returns:
+    One "field: buffer has X, expected Y" line per difference (empty when they agree).
+  """
   return [f"{k}: buffer has {saved.get(k)!r}, expected {expected.get(k)!r}"
           for k in fields if saved.get(k) != expected.get(k)]
 
 
 def read_spec(buffer_dir: str) -> dict[str, Any]:
+  """The spec (buffer.json) of a buffer directory.
+
+  Args:
+    buffer_dir: the buffer directory.
+
+  Returns:
+    The spec dict.
+
+  Raises:
+    ExpertBufferError: no buffer.json (with the command that trains experts), or an
+      unreadable one.
+  """
   path = os.path.join(buffer_dir, BUFFER_FILE)
   if not os.path.exists(path):
     raise ExpertBufferError(
@@ -147,18 +212,45 @@ def _load_npz_verified(path: str) -> dict[str, np.ndarray]:
 
 
 def expert_keys(seed: int, indices) -> tuple[jax.Array, jax.Array]:
-  """(init keys, train keys) for the given expert indices, [G] each."""
+  """(init keys, train keys) for the given expert indices, [G] each.
+
+  Args:
+    seed: the config's seed.
+    indices: the experts' indices (G of them).
+
+  Returns:
+    (init keys [G, 2], train keys [G, 2]), split from fold_in(PRNGKey(seed), index).
+  """
   keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), i)))(
       jnp.asarray(indices, jnp.uint32))
   return keys[:, 0], keys[:, 1]
 
 
-def make_optimizer(config: ml_collections.ConfigDict):
-  return train.sgd_momentum(config.learning_rate, config.momentum, config.weight_decay)
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The experts' optimiser: SGD with torch semantics (MTT's buffer.py).
+
+  Args:
+    config: a configs/experts.py config (learning_rate, momentum, weight_decay).
+
+  Returns:
+    The optax GradientTransformation of `optim.make("sgd", ...)`.
+  """
+  return optim.make("sgd", config.learning_rate, momentum=config.momentum,
+                    weight_decay=config.weight_decay)
 
 
 def init_states(model, tx, init_keys: jax.Array, image_shape) -> train.TrainState:
-  """Stacked fresh TrainStates, one per key."""
+  """Stacked fresh TrainStates, one per key.
+
+  Args:
+    model: the flax module.
+    tx: the optimiser.
+    init_keys: [G, 2] initialisation keys.
+    image_shape: (H, W, C).
+
+  Returns:
+    A TrainState whose leaves have a leading axis G.
+  """
   def one(key):
     variables = models.init_variables(model, key, (1,) + tuple(image_shape))
     return train.create_train_state(variables, tx)
@@ -171,6 +263,14 @@ def place_group(states: train.TrainState, train_keys: jax.Array, mesh="auto"
 
   "auto": every local device. Unchanged when there is one device or G is not a
   multiple of the device count (the group then runs on one device, as before).
+
+  Args:
+    states: the stacked TrainStates.
+    train_keys: [G, 2].
+    mesh: a Mesh, None or "auto" (`parallel.resolve_mesh`).
+
+  Returns:
+    (states, train_keys), placed over the devices or as given.
   """
   mesh = parallel.resolve_mesh(mesh)
   if mesh is None or train_keys.shape[0] % mesh.devices.size:
@@ -180,8 +280,20 @@ def place_group(states: train.TrainState, train_keys: jax.Array, mesh="auto"
 
 @functools.lru_cache(maxsize=16)
 def make_epoch_fn(model, tx, *, batch_size: int, augment_fn=None):
-  """(Cached per model, optimiser and settings, so repeated groups reuse the compile.) A jitted (states, x, y, train_keys, epoch) -> (states, mean train loss [G]) for a
-  vmapped group: every expert runs `train.train_epoch` with its own fold_in(key, epoch)."""
+  """A jitted epoch of a vmapped group: every expert runs `train.train_epoch` with its
+  own fold_in(key, epoch). Cached per model, optimiser and settings, so repeated
+  groups reuse the compile.
+
+  Args:
+    model: the flax module.
+    tx: the optimiser.
+    batch_size: the batch size.
+    augment_fn: optional (key, images) -> images.
+
+  Returns:
+    (states, x, y, train_keys, epoch) -> (states, mean train loss [G]); the states
+    are donated.
+  """
 
   def one(state, x, y, key, epoch):
     state, history = train.train_epoch(model, tx, state, x, y, jax.random.fold_in(key, epoch),
@@ -193,7 +305,15 @@ def make_epoch_fn(model, tx, *, batch_size: int, augment_fn=None):
 
 @functools.lru_cache(maxsize=16)
 def make_snapshot_fn(model, eval_batch_size: int = 1000):
-  """A jitted (states, x_test, y_test) -> (flat params [G, P], test accuracy [G])."""
+  """A jitted (states, x_test, y_test) -> (flat params [G, P], test accuracy [G]).
+
+  Args:
+    model: the flax module.
+    eval_batch_size: `train.evaluate`'s batch size.
+
+  Returns:
+    The jitted function (cached per model and batch size).
+  """
 
   def one(state, x_test, y_test):
     acc = train.evaluate(model, state.variables, x_test, y_test, eval_batch_size)["accuracy"]
@@ -208,6 +328,22 @@ def train_group(model, tx, x, y, x_test, y_test, init_keys, train_keys, num_epoc
 
   The building block `train_experts` runs epoch by epoch with checkpoints; this
   uninterrupted version is what the tests compare against a per-expert loop.
+
+  Args:
+    model: the flax module.
+    tx: the optimiser.
+    x: the train images [N, H, W, C].
+    y: their labels.
+    x_test: the test images.
+    y_test: the test labels.
+    init_keys: [G, 2] initialisation keys (`expert_keys`).
+    train_keys: [G, 2] training keys.
+    num_epochs: epochs per expert.
+    batch_size: the batch size.
+    augment_fn: optional (key, images) -> images.
+
+  Returns:
+    (flat parameter trajectories [G, E+1, P], test accuracies [G, E+1]), numpy.
   """
   states = init_states(model, tx, init_keys, x.shape[1:])
   states, train_keys = place_group(states, train_keys)
@@ -267,6 +403,15 @@ class _GroupRun:
 
 
 def completed_experts(buffer_dir: str, num_experts: int) -> list[int]:
+  """The indices below `num_experts` whose expert file exists.
+
+  Args:
+    buffer_dir: the buffer directory.
+    num_experts: how many experts the run wants.
+
+  Returns:
+    The finished indices, ascending.
+  """
   return [i for i in range(num_experts) if os.path.exists(expert_path(buffer_dir, i))]
 
 
@@ -285,6 +430,10 @@ def train_experts(config: ml_collections.ConfigDict, buffer_dir: str, *,
 
   Returns:
     A summary: buffer_dir, num_experts, num_epochs, num_params, final test accuracies.
+
+  Raises:
+    DdjaxError: a bad config, dataset, checkpoint or buffer (ExpertBufferError for a
+      buffer trained with other settings), or ExpertsDiverged.
   """
   validation.check_config(config)
   checkpoint.check_restore_mode(restore)
@@ -343,8 +492,8 @@ def _train_experts(config: ml_collections.ConfigDict, buffer_dir: str, restore: 
   per = max(int(config.experts_per_batch), 1)
   groups += [todo[i:i + per] for i in range(0, len(todo), per)]
 
-  with tqdm(total=num_experts * num_epochs, initial=len(done) * num_epochs, unit="epoch",
-            desc="experts", disable=not config.get("progress", True)) as bar:
+  with progress_bar.bar(total=num_experts * num_epochs, initial=len(done) * num_epochs,
+                        unit="epoch", desc="experts", enabled=config.get("progress", True)) as bar:
     for indices in groups:
       _train_one_group(buffer_dir, indices, spec, model, tx, x, y, epoch_fn, snapshot_fn,
                        num_epochs, config.seed, bar, restore)
@@ -412,8 +561,18 @@ def load_trajectories(buffer_dir: str, *, num_experts: int = 0, num_snapshots: i
                       expected: dict | None = None) -> tuple[np.ndarray, dict]:
   """Stacked trajectories [N, S, P] (float32) and the buffer's spec.
 
-  num_experts: the first n finished experts (0: all); num_snapshots: the first S
-  snapshots of each (0: all). `expected` spec fields must match (model, dataset, ...).
+  Args:
+    buffer_dir: the buffer directory.
+    num_experts: the first n finished experts (0: all).
+    num_snapshots: the first S snapshots of each (0: all).
+    expected: spec fields that must match (model, dataset, ...).
+
+  Returns:
+    (trajectories float32 [N, S, P], the buffer's spec).
+
+  Raises:
+    ExpertBufferError: no buffer or no finished expert, a spec that does not match,
+      too few snapshots, or a corrupt, misshapen or non-finite expert file.
   """
   spec = read_spec(buffer_dir)
   if expected:
@@ -450,7 +609,15 @@ def load_trajectories(buffer_dir: str, *, num_experts: int = 0, num_snapshots: i
 
 
 def unravel_fn(model, image_shape) -> Any:
-  """flat [P] -> params pytree for `model`, in `ravel_pytree` order (the buffer's)."""
+  """flat [P] -> params pytree for `model`, in `ravel_pytree` order (the buffer's).
+
+  Args:
+    model: the flax module.
+    image_shape: (H, W, C).
+
+  Returns:
+    The unravel function.
+  """
   shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0),
                                                         (1,) + tuple(image_shape))["params"])
   return ravel_pytree(jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))[1]

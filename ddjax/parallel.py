@@ -42,6 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+__all__ = [
+    "MEMBER_AXIS", "auto_mesh", "auto_sharding", "initialize_multihost", "member_mesh",
+    "members_per_call", "pad_members", "resolve_mesh", "round_up", "shard_axis", "shard_members",
+    "sharded_scan_sum", "sharded_sum", "sharded_vmap",
+]
+
 PyTree = Any
 MEMBER_AXIS = "members"
 
@@ -53,6 +59,11 @@ def initialize_multihost(coordinator_address: str | None = None, num_processes: 
   Arguments left None are auto-detected on TPU pods, SLURM, Open MPI and Kubernetes,
   or read from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (a
   hand-started run: the same address on every host, e.g. "host0:1234").
+
+  Args:
+    coordinator_address: "host:port" of process 0.
+    num_processes: the number of processes.
+    process_id: this process's index.
   """
   if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
     num_processes = int(os.environ["JAX_NUM_PROCESSES"])
@@ -63,7 +74,14 @@ def initialize_multihost(coordinator_address: str | None = None, num_processes: 
 
 
 def member_mesh(devices: list | None = None) -> Mesh:
-  """A 1-D mesh over `devices` (default: every device of every process)."""
+  """A 1-D mesh over `devices` (default: every device of every process).
+
+  Args:
+    devices: the devices, or None for `jax.devices()`.
+
+  Returns:
+    The Mesh, its one axis named MEMBER_AXIS.
+  """
   devices = jax.devices() if devices is None else devices
   return Mesh(np.asarray(devices), (MEMBER_AXIS,))
 
@@ -77,12 +95,28 @@ def _pad_leading(x: jax.Array, multiple: int) -> jax.Array:
 
 
 def round_up(n: int, multiple: int) -> int:
-  """The smallest multiple of `multiple` that is >= n."""
+  """The smallest multiple of `multiple` that is >= n.
+
+  Args:
+    n: a count.
+    multiple: a positive integer.
+
+  Returns:
+    ceil(n / multiple) * multiple.
+  """
   return -(-int(n) // int(multiple)) * int(multiple)
 
 
 def pad_members(tree: PyTree, multiple: int) -> PyTree:
-  """Pads every leaf's leading axis to a multiple of `multiple` by repeating its last entry."""
+  """Pads every leaf's leading axis to a multiple of `multiple` by repeating its last entry.
+
+  Args:
+    tree: a pytree of arrays with a common leading (member) axis.
+    multiple: the multiple (usually the device count).
+
+  Returns:
+    The padded pytree (leaves already a multiple are returned as they are).
+  """
   return jax.tree_util.tree_map(lambda x: _pad_leading(jnp.asarray(x), multiple), tree)
 
 
@@ -103,7 +137,14 @@ def _setting(cell: list, value: Any) -> Iterator[None]:
 
 
 def auto_sharding(enabled: bool) -> contextlib.AbstractContextManager:
-  """Turns the library hooks' "auto" sharding on or off inside the block (read at trace time)."""
+  """Turns the library hooks' "auto" sharding on or off inside the block (read at trace time).
+
+  Args:
+    enabled: False makes "auto" mean no mesh (a single-device reference).
+
+  Returns:
+    A context manager.
+  """
   return _setting(_AUTO_ENABLED, bool(enabled))
 
 
@@ -115,6 +156,15 @@ def members_per_call(chunk_size: int) -> contextlib.AbstractContextManager:
 
   A memory bound for code that vmaps many models deep inside (the analyses' model pools),
   set once by whoever knows the machine, e.g. `config.member_chunk`.
+
+  Args:
+    chunk_size: members per call, >= 0.
+
+  Returns:
+    A context manager.
+
+  Raises:
+    ValueError: a negative chunk_size.
   """
   if int(chunk_size) < 0:
     raise ValueError(f"members_per_call: chunk_size must be >= 0, got {chunk_size}.")
@@ -122,7 +172,11 @@ def members_per_call(chunk_size: int) -> contextlib.AbstractContextManager:
 
 
 def auto_mesh() -> Mesh | None:
-  """A mesh over this process's devices if it has several and runs alone; else None."""
+  """A mesh over this process's devices if it has several and runs alone; else None.
+
+  Returns:
+    The Mesh, or None (one device, several processes, or `auto_sharding(False)`).
+  """
   if not _AUTO_ENABLED[0] or jax.process_count() > 1 or jax.local_device_count() < 2:
     return None
   return _local_mesh(tuple(jax.local_devices()))
@@ -134,7 +188,17 @@ def _local_mesh(devices: tuple) -> Mesh:
 
 
 def resolve_mesh(mesh: Mesh | str | None) -> Mesh | None:
-  """"auto" -> `auto_mesh()`; a one-device mesh -> None (the unsharded path); else as given."""
+  """"auto" -> `auto_mesh()`; a one-device mesh -> None (the unsharded path); else as given.
+
+  Args:
+    mesh: a Mesh, None or "auto".
+
+  Returns:
+    A Mesh of at least two devices, or None.
+
+  Raises:
+    ValueError: anything else.
+  """
   if isinstance(mesh, str):
     if mesh != "auto":
       raise ValueError(f"mesh must be a jax.sharding.Mesh, None or 'auto', got {mesh!r}.")
@@ -145,12 +209,30 @@ def resolve_mesh(mesh: Mesh | str | None) -> Mesh | None:
 
 
 def member_spec(axis: int = 0) -> PartitionSpec:
-  """PartitionSpec splitting `axis` over the member axis (other axes replicated)."""
+  """PartitionSpec splitting `axis` over the member axis (other axes replicated).
+
+  Args:
+    axis: the array axis to split.
+
+  Returns:
+    The PartitionSpec.
+  """
   return PartitionSpec(*([None] * axis + [MEMBER_AXIS]))
 
 
 def shard_members(tree: PyTree, mesh: Mesh) -> PyTree:
-  """Places every leaf with its leading axis split over `mesh` (eager; a multiple of its size)."""
+  """Places every leaf with its leading axis split over `mesh` (eager; a multiple of its size).
+
+  Args:
+    tree: a pytree of arrays with a common leading axis.
+    mesh: the device mesh.
+
+  Returns:
+    The pytree, placed.
+
+  Raises:
+    ValueError: a leaf's leading axis is not a multiple of the device count.
+  """
   sharding = NamedSharding(mesh, member_spec(0))
   for leaf in jax.tree_util.tree_leaves(tree):
     if jnp.shape(leaf)[:1] == () or jnp.shape(leaf)[0] % mesh.devices.size:
@@ -164,6 +246,14 @@ def shard_axis(x: jax.Array, axis: int, mesh: Mesh | str | None = "auto") -> jax
 
   A no-op without a mesh, and when the axis length is not a multiple of the device
   count (the data then stays replicated, as on one device).
+
+  Args:
+    x: the array.
+    axis: the axis to split.
+    mesh: a Mesh, None or "auto" (`resolve_mesh`).
+
+  Returns:
+    `x`, with the sharding constraint when it applies.
   """
   mesh = resolve_mesh(mesh)
   if mesh is None or x.shape[axis] % mesh.devices.size:
@@ -179,6 +269,17 @@ def sharded_scan_sum(fn: Callable[..., PyTree], xs: PyTree, mesh: Mesh) -> PyTre
   partial sums are added once at the end. The leading axis must be a multiple of
   the device count (pad it with members whose `fn` is zero). Memory stays that of
   one member per device, unlike a vmap over all members.
+
+  Args:
+    fn: member -> pytree of arrays.
+    xs: the members, a pytree with a common leading axis.
+    mesh: the device mesh.
+
+  Returns:
+    The sum of `fn` over the members, same structure as one output.
+
+  Raises:
+    ValueError: the member count is not a multiple of the device count.
   """
   num_devices = mesh.devices.size
   leaves = jax.tree_util.tree_leaves(xs)
@@ -277,6 +378,14 @@ def sharded_sum(fn: Callable[..., PyTree], mesh: Mesh | None = None,
   """Sum over members of `fn` (e.g. weighted per-batch HVPs), members split over devices.
 
   Padded members are masked out of the sum, so it is exact for any member count.
+
+  Args:
+    fn: the per-member function.
+    mesh: the device mesh (default `member_mesh()`).
+    in_axes: 0 (mapped) or None (replicated), one per argument or one for all.
+
+  Returns:
+    A function of the same arguments returning the sum of the per-member outputs.
   """
 
   def masked(valid, *args):

@@ -1,26 +1,29 @@
-"""Q1 part 2 analyses (mixing, sensitivity): additions, training setups, JSON and claims."""
+"""The mixing and sensitivity analyses (the paper's section 3) and their shared library
+(ddjax.analysis.training_setup): additions, training setups, the run cache, JSON and claims."""
 
+import glob
 import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs.analysis import common as analysis_config
-from configs.analysis import training_setup as training_setup_config
-from ddjax import classifier, models, train
-from ddjax.analysis import common, report
+from ddjax import analysis, classifier, models, train
+from ddjax.analysis import common, mixing, report, sensitivity
 from ddjax.analysis import training_setup as ts
 from ddjax.distill import synset
 
 IPC = 2
 
 
-def _config(distilled: str, **mixing):
+def _config(distilled: str, **mixing_fields):
   config = analysis_config.base_config("mnist5k", "tiny")
-  training_setup_config.add_sections(config)
+  analysis_config.add_section(config, "mixing")
+  analysis_config.add_section(config, "sensitivity")
   config.distilled = distilled
   config.protocol_a.steps = 10
   config.model_kwargs.depth = 1  # compile time dominates these tests (depth 3: ~2.5x)
@@ -28,7 +31,7 @@ def _config(distilled: str, **mixing):
   config.sensitivity.variants = "standard,adam,minibatch"
   config.sensitivity.minibatch_size = 5
   config.cache_dir = ""
-  for k, v in mixing.items():
+  for k, v in mixing_fields.items():
     config.mixing[k] = v
   return config
 
@@ -120,7 +123,7 @@ def test_unknown_variant_fails_before_any_work(tmp_path):
   config = _config("/nonexistent")  # the name is checked before any data is read
   config.sensitivity.variants = "standard,adamw"
   with pytest.raises(ValueError, match="Unknown training-setup variant 'adamw'"):
-    ts.run_sensitivity(config, str(tmp_path))
+    sensitivity.run(config, str(tmp_path))
 
 
 def test_vmapped_seeds_equal_python_loop():
@@ -139,6 +142,45 @@ def test_vmapped_seeds_equal_python_loop():
   assert finite.all() and acc.shape == (3,)
 
 
+def test_make_optimizer_is_the_old_rule_through_optim_make():
+  """SGD (momentum, decay) and Adam (decay added to the gradient first) update exactly as
+  the pre-factory rules did."""
+  params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.arange(3.0)}
+  grads = [jax.tree_util.tree_map(lambda p, i=i: jnp.sin(p * (i + 1)) + 0.1, params)
+           for i in range(4)]
+  base = ts.TrainingSetup(name="s", model="convnet", model_kwargs=())
+  for setup, reference in (
+      (base, optax.sgd(0.01, momentum=0.9)),
+      (ts.parse_variant("wd_5e-4", base),
+       optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.01, momentum=0.9))),
+      (ts.parse_variant("adam", base), optax.adam(1e-3)),
+      (ts.TrainingSetup(name="a", model="convnet", model_kwargs=(), optimizer="adam",
+                        learning_rate=1e-3, momentum=0.0, weight_decay=1e-2),
+       optax.chain(optax.add_decayed_weights(1e-2), optax.adam(1e-3)))):
+    tx = ts.make_optimizer(setup)
+    p_new, s_new = params, tx.init(params)
+    p_ref, s_ref = params, reference.init(params)
+    for g in grads:
+      u_new, s_new = tx.update(g, s_new, p_new)
+      u_ref, s_ref = reference.update(g, s_ref, p_ref)
+      p_new, p_ref = optax.apply_updates(p_new, u_new), optax.apply_updates(p_ref, u_ref)
+    for a, b in zip(jax.tree_util.tree_leaves(p_new), jax.tree_util.tree_leaves(p_ref)):
+      np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="Unknown optimizer"):
+    ts.make_optimizer(ts.TrainingSetup(name="x", model="convnet", model_kwargs=(),
+                                       optimizer="rmsprop"))
+
+
+def test_registry_lists_the_analyses_not_the_library():
+  names = analysis.names()
+  assert "training_setup" not in names
+  assert names.index("mixing") < names.index("sensitivity")
+  assert analysis.question_of("mixing") == analysis.question_of("sensitivity") == "Q1"
+  assert (mixing.POSITION, sensitivity.POSITION) == (4, 5)
+  assert mixing.default_config().additions == "0,2,10,50,250"
+  assert "standard" in sensitivity.default_config().variants
+
+
 # ----------------------------------------------------------------------------- analyses
 
 
@@ -153,7 +195,7 @@ def _check_entry(entry, n):
 def test_mixing_json_equals_protocol_a_and_resumes(sets_dir, tmp_path, monkeypatch):
   config = _config(sets_dir)
   workdir = str(tmp_path / "mix")
-  results = ts.run_mixing(config, workdir)
+  results = mixing.run(config, workdir)
   with open(os.path.join(workdir, "mixing.json")) as f:
     assert json.load(f)["sets"].keys() == results["sets"].keys()
   assert results["analysis"] == "mixing" and results["paper_counterpart"]
@@ -182,17 +224,29 @@ def test_mixing_json_equals_protocol_a_and_resumes(sets_dir, tmp_path, monkeypat
                                np.asarray(direct), atol=1e-6)
   # Re-running resumes from the cached runs: nothing is retrained, results are identical.
   monkeypatch.setattr(ts, "setup_accuracies", lambda *a, **k: pytest.fail("retrained"))
-  again = ts.run_mixing(config, workdir)
+  again = mixing.run(config, workdir)
   for name in results["sets"]:
     assert again["sets"][name] == results["sets"][name]
-  rows = ts.claims({"mixing": results})
+  rows = mixing.claims(results)
   assert len(rows) == 2 and all(isinstance(r["reproduced"], bool) for r in rows)
   assert all(r["question"] == "Q1" and r["analysis"] == "mixing" for r in rows)
+  # One cache entry (npz, in the analyses' cache) per run; no JSON-dict cache any more.
+  entries = glob.glob(os.path.join(workdir, "cache", "training_setup_standard-*.npz"))
+  assert len(entries) == 3 * 2  # 3 sets x 2 additions
+  assert not os.path.exists(os.path.join(workdir, "training_setup_runs.json"))
+  # Sensitivity's `standard` run of a set IS mixing's +0 run (same steps and seeds): read
+  # back from the same entry, not trained again (setup_accuracies still fails).
+  config.sensitivity.variants = "standard"
+  sens = sensitivity.run(config, workdir)
+  for name in results["sets"]:
+    assert (sens["sets"][name]["variants"]["standard"]["accuracy"]
+            == results["sets"][name]["additions"]["0"]["accuracy"])
+  assert len(glob.glob(os.path.join(workdir, "cache", "*.npz"))) == len(entries)
 
 
 def test_sensitivity_json_with_drawn_baseline(sets_dir, tmp_path):
   config = _config(f"pert={sets_dir}/pert/distilled.npz")  # no 'random': the baseline is drawn
-  results = ts.run_sensitivity(config, str(tmp_path))
+  results = sensitivity.run(config, str(tmp_path))
   assert results["analysis"] == "sensitivity" and results["figures"] == ["sensitivity.png"]
   assert os.path.getsize(tmp_path / "sensitivity.png") > 0
   assert results["baseline_source"] == "drawn" and list(results["sets"]) == ["pert", "random"]
@@ -224,7 +278,7 @@ def test_sensitivity_json_with_drawn_baseline(sets_dir, tmp_path):
       jnp.asarray(data_.real.y_test), num_steps=10)
   np.testing.assert_allclose(results["sets"]["pert"]["variants"]["standard"]["accuracy"],
                              np.asarray(direct), atol=1e-6)
-  (row,) = ts.claims({"sensitivity": results})
+  (row,) = sensitivity.claims(results)
   assert row["analysis"] == "sensitivity" and isinstance(row["reproduced"], bool)
 
 
@@ -245,23 +299,23 @@ def _fake_mixing(base_gain, gains, top=None):
 
 
 def test_claims_criteria():
-  rows = ts.claims({"mixing": _fake_mixing(0.05, [-0.02, -0.08, 0.01])})
+  rows = mixing.claims(_fake_mixing(0.05, [-0.02, -0.08, 0.01]))
   assert [r["reproduced"] for r in rows] == [True, True]
-  rows = ts.claims({"mixing": _fake_mixing(0.05, [0.06, -0.08, -0.01])})
+  rows = mixing.claims(_fake_mixing(0.05, [0.06, -0.08, -0.01]))
   assert [r["reproduced"] for r in rows] == [False, True]   # one set gains more than baseline
-  rows = ts.claims({"mixing": _fake_mixing(-0.01, [-0.02, -0.03])})
+  rows = mixing.claims(_fake_mixing(-0.01, [-0.02, -0.03]))
   assert [r["reproduced"] for r in rows] == [True, False]   # baseline must rise
-  rows = ts.claims({"mixing": _fake_mixing(0.05, [-0.01, -0.02], top=0.6)})
+  rows = mixing.claims(_fake_mixing(0.05, [-0.01, -0.02], top=0.6))
   assert len(rows) == 3 and rows[2]["reproduced"]           # spread 0.02 at +250
   summary = {"adam": {"mean_excess_drop": 0.1, "baseline_drop": 0.0, "mean_distilled_drop": 0.1,
                       "num_sets_dropping_more": 2, "num_sets": 2},
              "lr_x10": {"mean_excess_drop": -0.02, "baseline_drop": 0.1,
                         "mean_distilled_drop": 0.08, "num_sets_dropping_more": 0, "num_sets": 2}}
-  (row,) = ts.claims({"sensitivity": {"summary": summary}})
+  (row,) = sensitivity.claims({"summary": summary})
   assert not row["reproduced"]                              # 1 of 2 variants is not a majority
   summary["steps_100"] = dict(summary["adam"])
-  (row,) = ts.claims({"sensitivity": {"summary": summary}})
+  (row,) = sensitivity.claims({"summary": summary})
   assert row["reproduced"] and "criterion" in row
-  assert ts.claims({}) == []
+  assert mixing.claims({}) == [] and sensitivity.claims({}) == []
   for r in rows + [row]:
     report.validate_claim(r)  # the report's contract for a claim row

@@ -3,6 +3,7 @@ and launch/distill.py as a subprocess."""
 
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -143,7 +144,7 @@ def _real_data(config):
 
 
 @pytest.mark.slow
-def test_driver_end_to_end_with_resume(tmp_path, capsys):
+def test_driver_end_to_end_with_resume(tmp_path, caplog):
   config = _tiny(dm_config.get_config("quick,ipc=2"))
   config.dm.dsa_strategy = "crop_scale"  # fewer families: a shorter compile
   config.eval.every = 1
@@ -159,9 +160,9 @@ def test_driver_end_to_end_with_resume(tmp_path, capsys):
 
   # Resume with one more iteration: continues from the checkpoint at 2 ...
   config.num_iterations = 3
-  capsys.readouterr()
-  second = driver.run_distillation(config, workdir)
-  assert "Resumed from checkpoint at iteration 2" in capsys.readouterr().out
+  with caplog.at_level(logging.INFO):
+    second = driver.run_distillation(config, workdir)
+  assert "Resumed from checkpoint at iteration 2" in caplog.text
   assert [r["step"] for r in _metrics(workdir) if "loss" in r] == [1, 2, 3]
   # ... and ends exactly where an uninterrupted 3-iteration run does.
   real = _real_data(config)

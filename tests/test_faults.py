@@ -208,7 +208,7 @@ def test_train_binary_corrupt_checkpoint_then_restore_previous(baseline, tmp_pat
 
   again = _launch("launch.train", *TINY_TRAIN, f"--workdir={workdir}", "--restore=previous")
   assert again.returncode == 0, again.stderr[-3000:]
-  assert "Resumed from checkpoint at epoch 1" in again.stdout
+  assert "Resumed from checkpoint at epoch 1" in again.stderr  # logged
   assert _results(workdir) == baseline["results"]  # the uninterrupted run's numbers
   moved = _hashes(os.path.join(workdir, "checkpoints.corrupt", "2"))
   assert moved == {k[len("checkpoints/2/"):]: v for k, v in before.items()
@@ -255,7 +255,7 @@ def test_train_binary_kill9_mid_save_then_rerun(baseline, tmp_path):
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f"Took over the lock on {workdir} left by pid" in rerun.stderr
   assert "which is no longer running" in rerun.stderr
-  assert "Resumed from checkpoint at epoch 1" in rerun.stdout
+  assert "Resumed from checkpoint at epoch 1" in rerun.stderr
   assert _results(workdir) == baseline["results"]
   after = _hashes(workdir)
   kept = [rel for rel in before if rel == "config.json" or rel.startswith("checkpoints/1/")]
@@ -430,7 +430,7 @@ def test_overwrite_moves_the_old_run_aside(baseline, tmp_path):
   fresh = _launch("launch.train", *TINY_TRAIN, f"--config.dataset=npz:{npz}", "--overwrite",
                   f"--workdir={workdir}")
   assert fresh.returncode == 0, fresh.stderr[-3000:]
-  assert "Resumed" not in fresh.stdout
+  assert "Resumed" not in fresh.stderr
   assert _results(workdir)["dataset"] == f"npz:{npz}"
   assert _hashes(os.path.join(workdir, "previous", "1")) == before
 

@@ -36,7 +36,7 @@ def test_train_resume_and_errors(tmp_path):
   # Same workdir, more epochs: resumes at epoch 2 instead of starting over.
   second = _run(f"--workdir={workdir}", "--config.num_epochs=3")
   assert second.returncode == 0, second.stderr[-3000:]
-  assert "Resumed from checkpoint at epoch 2" in second.stdout
+  assert "Resumed from checkpoint at epoch 2" in second.stderr  # logged
   records = _metrics(workdir)
   assert [m["epoch"] for m in records] == [1, 2, 3]
   assert records[-1]["step"] > records[1]["step"]

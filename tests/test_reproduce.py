@@ -180,21 +180,37 @@ def test_missing_dataset_stops_with_its_message_and_writes_nothing(tmp_path):
 # ----------------------------------------------------------------------------- the report
 
 
-FAKE_CLAIMS = textwrap.dedent('''
-    def claims(results):
-      rows = []
-      if "pixels" in results:
-        frac = results["pixels"]["frac_outside"]
-        rows.append({"question": "Q1", "analysis": "pixels", "claim": "Pixels | leave [0, 1].",
-                     "criterion": "frac_outside >= 0.01", "paper": "DM up to 1.5",
-                     "measured": f"{frac:.2f}", "reproduced": frac >= 0.01})
-      if "agreement" in results:
-        gap = results["agreement"]["gap"]
-        rows.append({"question": "Q2", "analysis": "agreement", "claim": "Early > subset.",
-                     "paper": "all four", "measured": f"{gap:+.2f}", "reproduced": gap > 0})
-        rows.append({"question": "Q2", "analysis": "agreement", "claim": "malformed"})
-      return rows
-''')
+# Two analyses of a package of one's own (the registry's dotted names): their claim rows,
+# one of them malformed, and a third whose claims raise.
+FAKE_ANALYSES = {
+    "pixels": textwrap.dedent('''
+        QUESTION = "Q1"
+        def run(config, workdir):
+          raise NotImplementedError
+        def claims(result):
+          frac = result["frac_outside"]
+          return [{"question": "Q1", "analysis": "pixels", "claim": "Pixels | leave [0, 1].",
+                   "criterion": "frac_outside >= 0.01", "paper": "DM up to 1.5",
+                   "measured": f"{frac:.2f}", "reproduced": frac >= 0.01}]
+        '''),
+    "agreement": textwrap.dedent('''
+        QUESTION = "Q2"
+        def run(config, workdir):
+          raise NotImplementedError
+        def claims(result):
+          gap = result["gap"]
+          return [{"question": "Q2", "analysis": "agreement", "claim": "Early > subset.",
+                   "paper": "all four", "measured": f"{gap:+.2f}", "reproduced": gap > 0},
+                  {"question": "Q2", "analysis": "agreement", "claim": "malformed"}]
+        '''),
+    "broken": textwrap.dedent('''
+        QUESTION = "Q3"
+        def run(config, workdir):
+          raise NotImplementedError
+        def claims(result):
+          raise KeyError("needed")
+        '''),
+}
 
 
 def _fabricated_workdir(tmp_path):
@@ -227,7 +243,11 @@ def _fabricated_workdir(tmp_path):
 
 
 def test_report_on_fabricated_results(tmp_path, monkeypatch):
-  (tmp_path / "fake_claims_mod.py").write_text(FAKE_CLAIMS)
+  from ddjax import analysis  # pylint: disable=g-import-not-at-top
+  (tmp_path / "fake_analyses").mkdir()
+  (tmp_path / "fake_analyses" / "__init__.py").write_text("")
+  for name, text in FAKE_ANALYSES.items():
+    (tmp_path / "fake_analyses" / f"{name}.py").write_text(text)
   monkeypatch.syspath_prepend(str(tmp_path))
   workdir, results, distilled = _fabricated_workdir(tmp_path)
   timings = [{"stage": "distill", "name": "dm", "status": "ran", "wall_s": 61.0, "cpu_s": 90.0,
@@ -235,8 +255,13 @@ def test_report_on_fabricated_results(tmp_path, monkeypatch):
              {"stage": "analysis", "name": "pixels", "status": "skipped", "wall_s": 0.0,
               "cpu_s": 0.0, "note": "pixels.json present", "earlier_wall_s": 5.0,
               "earlier_cpu_s": 4.0}]
+  names = ["fake_analyses.pixels", "fake_analyses.agreement", "fake_analyses.broken",
+           "no_such_analysis"]
+  claims, problems = analysis.claim_rows(
+      {**results, "broken": {"x": 1}, "no_such_analysis": {"x": 1}}, names)
   out = report.write_report(workdir, results=results, distilled=distilled, timings=timings,
-                            claim_modules=["fake_claims_mod", "no_such_claims_module"],
+                            claims=claims, claim_problems=problems,
+                            sections=analysis.sections(names[:3]),
                             failures=[{"stage": "analysis", "name": "mixing", "note": "Boom"}],
                             expected=["pixels", "agreement", "mixing"])
   text = open(out["path"]).read()
@@ -248,9 +273,11 @@ def test_report_on_fabricated_results(tmp_path, monkeypatch):
   assert "Pixels \\| leave [0, 1]." in rows[0]        # a pipe cannot break the table
   assert "**Claims reproduced: 1 of 2** (Q1 1/1, Q2 0/1, Q3 0/0)" in text
   assert out["counts"]["all"] == (1, 2)
-  # Problems: the malformed row, the missing module, the listed-but-missing figure, the failure.
+  # Problems: the malformed row, the raising claims, the unknown analysis, the
+  # listed-but-missing figure, the failure.
   assert any("malformed row" in p and "lacks" in p for p in out["claim_problems"])
-  assert any("no_such_claims_module" in p for p in out["claim_problems"])
+  assert any("fake_analyses.broken.claims` failed: KeyError" in p for p in out["claim_problems"])
+  assert any("no_such_analysis" in p for p in out["claim_problems"])
   assert out["missing_figures"] == ["analysis/gone.png"]
   assert "analysis `mixing` failed: Boom" in text and "**Incomplete:**" in text
   # Every image link resolves, relative to report.md.
@@ -267,13 +294,13 @@ def test_report_on_fabricated_results(tmp_path, monkeypatch):
 
   # The same report, rebuilt from the workdir's files alone (the analysis tour's path),
   # with the header and set order of the reproduction's config.json.
-  loaded_results, loaded_distilled = report.load_workdir(workdir)
+  loaded_results, loaded_distilled = reproduce.load_workdir(workdir)
   assert loaded_results == results and loaded_distilled == distilled
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump({"dataset": "mnist5k", "ipc": 10, "size": "demo", "seed": 3, "methods": "dm,random",
                "analyses": "all", "distill": {}}, f)
-  monkeypatch.setattr(report, "collect_claims", lambda results, modules=None: ([], []))
-  rebuilt = open(report.report_from_workdir(workdir)["path"]).read()
+  monkeypatch.setattr(analysis, "claim_rows", lambda results, names=None: ([], []))
+  rebuilt = open(reproduce.report_from_workdir(workdir)["path"]).read()
   assert "size: **demo**, seed: **3**, methods: **dm, random**" in rebuilt
   assert rebuilt.index("| dm | DM |") < rebuilt.index("| random | random real subset |")
 
@@ -288,10 +315,31 @@ def test_validate_claim_rejects_non_bool_verdicts():
     report.validate_claim({**row, "question": "Q4", "reproduced": True})
 
 
+def test_both_timing_tables_show_the_same_cells_and_totals():
+  rows = [{"stage": "distill", "name": "dm", "status": "ran", "wall_s": 12.34, "cpu_s": 20.0,
+           "load_start": 1.0, "load_end": 2.5, "note": "x"},
+          {"stage": "distill", "name": "mtt", "status": "skipped", "earlier_wall_s": 100.0,
+           "earlier_cpu_s": 150.0},
+          {"stage": "analysis", "name": "pixels", "status": "skipped"},
+          {"stage": "analysis", "name": "loo", "status": "ran", "wall_s": 1.0, "cpu_s": 1.5,
+           "load_start": None, "load_end": 2.0}]
+  table = report.timings_table(rows).splitlines()
+  assert table[2] == "| distill | dm | ran | 12.3 | 20.0 | 1.0 → 2.5 | x |"
+  assert table[3] == "| distill | mtt | skipped | (100 earlier) | (150 earlier) |  |  |"
+  assert table[4] == "| analysis | pixels | skipped | - | - |  |  |"
+  assert table[5] == "| analysis | loo | ran | 1.0 | 1.5 |  |  |"
+  assert table[6] == "| **total** | this run |  | 13.3 | 21.5 |  |  |"  # skipped ones count 0
+  text = reproduce.format_timings(rows).splitlines()
+  assert text[1].split() == ["distill", "dm", "ran", "12.3", "20.0", "1.0-2.5"]
+  assert text[2].split() == ["distill", "mtt", "skipped", "(100)", "(150)"]
+  assert text[3].split() == ["analysis", "pixels", "skipped", "-", "-"]
+  assert text[-1].split() == ["total", "(this", "run)", "13.3", "21.5"]
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
-# One cheap analysis per claim module (substitute, training_setup, information, semantics).
+# One cheap analysis per question, two for Q1.
 TINY_ANALYSES = "pixels,mixing,recognition_over_training,influence"
 
 
@@ -314,10 +362,9 @@ def test_tiny_reproduction_end_to_end_and_resume(tmp_path, monkeypatch):
   assert not summary["failures"]
 
   # The claim table holds exactly the rows the modules compute from these results.
-  expected_rows = []
-  for module in analysis.CLAIM_MODULES:
-    expected_rows += __import__(module, fromlist=["claims"]).claims(summary["analysis"])
-  assert len(expected_rows) >= 4  # at least one per module
+  expected_rows, problems = analysis.claim_rows(summary["analysis"], TINY_ANALYSES.split(","))
+  assert not problems
+  assert len(expected_rows) >= 4  # at least one per analysis
   text = open(os.path.join(workdir, "report.md")).read()
   table = [line for line in text.splitlines() if re.match(r"\| \d+ \| Q\d \|", line)]
   assert len(table) == len(expected_rows) == len(summary["claims"])

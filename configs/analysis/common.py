@@ -1,12 +1,15 @@
-"""Fields every analysis config shares: the real data, the distilled sets, the real model.
+"""Fields every analysis config shares (the real data, the distilled sets, the real model),
+and `add_section`, which adds one analysis's section.
 
-Sections for each analysis are added by configs/analysis/{substitute,training_setup,information,semantics}.py;
 configs/analysis/paper.py assembles them all.
 """
+
+import importlib
 
 import ml_collections
 
 from configs import common
+from ddjax import analysis
 from ddjax.errors import ConfigError
 
 
@@ -71,4 +74,22 @@ def base_config(dataset: str = "mnist5k", size: str = "demo") -> ml_collections.
     config.protocol_a.steps = 20
     config.protocol_a.num_seeds = 2
     config.progress = False
+  return config
+
+
+def add_section(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Adds `config.<name>`: the analysis's `default_config()`, then `sized(section,
+  config)` of configs/analysis/<name>.py if that file exists (the size's and dataset's
+  settings; it may read the shared fields of `config`)."""
+  module, key = analysis.load(name), analysis.key_of(name)
+  config[key] = (module.default_config() if hasattr(module, "default_config")
+                 else ml_collections.ConfigDict())
+  try:
+    sizing = importlib.import_module(f"configs.analysis.{key}")
+  except ModuleNotFoundError as e:
+    if e.name != f"configs.analysis.{key}":
+      raise
+    sizing = None
+  if sizing is not None and hasattr(sizing, "sized"):
+    sizing.sized(config[key], config)
   return config

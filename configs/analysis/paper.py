@@ -5,8 +5,10 @@ r"""Every analysis of "What is Dataset Distillation Learning?" in one config.
 
 Arguments: dataset (mnist5k, mnist, fashion_mnist, cifar10, cifar100), size (tiny: tests,
 seconds; demo: mnist5k on 2 CPU cores, or fashion_mnist on a class-balanced 400 train /
-100 test images per class, configs/common.py; paper: the paper's settings, for a GPU). Sections:
-Q1 (configs/analysis/substitute.py and training_setup.py), Q2 (information.py), Q3 (semantics.py).
+100 test images per class, configs/common.py; full: mnist5k at the paper's protocols;
+paper: the paper's settings, for a GPU). One section per analysis of
+`ddjax.analysis.names()`: its module's `default_config()` (the paper's settings), adapted
+to the size by `configs/analysis/<name>.py` where that file exists.
 `launch/reproduce.py` distils the sets first and then runs this; its docstring gives the
 expected results.
 """
@@ -15,7 +17,7 @@ import ml_collections
 
 from configs import common
 from configs.analysis import common as analysis_common
-from configs.analysis import information, semantics, substitute, training_setup
+from ddjax import analysis
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -25,8 +27,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model_kwargs.width = 128
     config.real_model.model_kwargs.width = 128
     config.protocol_a.num_seeds = 5
-  substitute.add_sections(config)
-  training_setup.add_sections(config)
-  information.add_sections(config)
-  semantics.add_sections(config)
+  for name in analysis.names():
+    analysis_common.add_section(config, name)
   return config

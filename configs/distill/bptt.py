@@ -8,7 +8,7 @@ mnist, cifar10, cifar100; other names get the CIFAR-10 settings), ipc (1, 10, 50
 quick (a tiny run for tests), cpu (as configs/distill/dc.py: fashion_mnist at the mnist5k
 settings). Override anything, e.g. `--config.bptt.window=0`.
 
-References (anchors_methods.md §2.1-2.2):
+References:
 * RTP (`RememberThePast-DatasetDistillation`, the only documented command, CIFAR-10
   IPC 1): a fresh ConvNet per iteration, 150 inner steps of SGD(0.01, momentum 0.9)
   differentiated through the momentum buffer, minibatches of 10 per class (capped at

@@ -15,7 +15,8 @@ norm), `Iteration` 1000, noise init, lr_img 0.1 with momentum 0.5, lr_net 0.01 (
 SGD in the current code; an older revision used momentum 0.5), batch_real 256,
 batch_train 256, (outer_loop, inner_loop) = (1, 1) / (10, 50) / (50, 10) at IPC 1 / 10 /
 50, distance 'ours', no ZCA. Reported (DC protocol, 20 nets x 5 runs): MNIST 91.7 / 97.4
-/ 98.8, CIFAR-10 28.3 / 44.9 / 53.9, CIFAR-100 12.8 / 25.2 / - (anchors_methods.md §3).
+/ 98.8, CIFAR-10 28.3 / 44.9 / 53.9, CIFAR-100 12.8 / 25.2 / - (the DatasetCondensation
+README).
 
 Choices made here:
 * Evaluation: DC's protocol without augmentation, 300 epochs, for every dataset. The

@@ -10,8 +10,8 @@ fresh randomly initialised and frozen network; per class, ||mean embed(real) - m
 embed(syn)||^2 with Siamese DSA `color_crop_cutout_flip_scale_rotate`; real init;
 SGD(lr_img 1, momentum 0.5) on the images (lr_img 10 for IPC >= 100); batch_real 256;
 no ZCA; evaluation: DC protocol, 1000 epochs with DSA. Reported: CIFAR-10 26.0 / 48.9
-/ 63.0, CIFAR-100 11.4 / 29.7 / 43.6 at IPC 1 / 10 / 50 (anchors_methods.md §3); no
-MNIST numbers found.
+/ 63.0, CIFAR-100 11.4 / 29.7 / 43.6 at IPC 1 / 10 / 50 (as quoted in later papers'
+comparison tables); no MNIST numbers found.
 
 Choices made here:
 * Digits (MNIST, SVHN) drop flip, as the DC README advises for DSA; DM's README gives no

@@ -10,7 +10,8 @@ command (DatasetCondensation README) is DC's with `--init real --method DSA
 --dsa_strategy color_crop_cutout_flip_scale_rotate`; digits (MNIST, SVHN) drop flip.
 Evaluation: DC protocol for 1000 epochs with the same DSA augmentation per sample.
 Reported (DC protocol): MNIST 88.7 / 97.8 / 99.2, CIFAR-10 28.8 / 52.1 / 60.6,
-CIFAR-100 13.9 / 32.3 / 42.8 at IPC 1 / 10 / 50 (anchors_methods.md §3).
+CIFAR-100 13.9 / 32.3 / 42.8 at IPC 1 / 10 / 50 (the DatasetCondensation README's DSA
+table; CIFAR-100 IPC 50 as quoted in later papers' comparison tables).
 
 Choices made here: as configs/distill/dc.py (CIFAR-100 class chunks; the mnist5k CPU
 setting: ConvNet width 32, real init, lr_img 1.0 for ~100 image updates, batch_real 32,

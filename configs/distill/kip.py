@@ -8,7 +8,7 @@ mnist, cifar10, cifar100, or any other name with the CIFAR settings), ipc (1, 10
 quick, cpu (as configs/distill/dc.py: fashion_mnist at the mnist5k settings). Override
 anything, e.g. `--config.learn_labels=True`, `--config.kip.pooling=False`.
 
-References (anchors_methods.md §2.6): KIP (`google-research/kip/KIP.ipynb`): support
+References: KIP (`google-research/kip/KIP.ipynb`): support
 initialised from a class-balanced real sample, centred one-hot labels, a class-balanced
 target batch per step (5000 in the notebook), loss 0.5 * mean((K_ts (K_ss + lambda I)^-1
 y_s - y_t)^2) with lambda = 1e-6 * tr(K_ss) / n, Adam, optional label learning. The

@@ -16,7 +16,7 @@ mnist, cifar10, cifar100; other names get the CIFAR-10 rows), ipc (1, 10, 50), q
 configs/distill/dc.py: fashion_mnist at the mnist5k settings).
 
 Reference hyperparameters: DC-Bench's "parameters provided by the author" (the MTT README
-table is an image; anchors_methods.md §2.5). syn_steps / expert_epochs / max_start_epoch
+table is an image). syn_steps / expert_epochs / max_start_epoch
 / lr_img / lr_lr / lr_teacher (syn_lr init) / ZCA:
     CIFAR-10  IPC 1:  50 / 2 / 2  / 100  / 1e-7 / 0.01  / ZCA
     CIFAR-10  IPC 10: 30 / 2 / 20 / 100  / 1e-5 / 0.001 / ZCA

@@ -1,15 +1,16 @@
 """What every analysis shares: real data, distilled sets in one space, real-trained models,
-results and figures in the workdir.
+its config section, results and figures in the workdir.
 
-An analysis is `run_<name>(config, workdir) -> dict`: it reads the real dataset and the
-distilled sets named in `config.distilled`, writes `<workdir>/<name>.json` and PNG figures,
-and returns the JSON's content. `config` fields used here:
+An analysis (ddjax/analysis/__init__.py) reads the real dataset and the distilled sets
+named in `config.distilled`, writes `<workdir>/<name>.json` and PNG figures, and returns
+the JSON's content. `config` fields used here:
 
   dataset, data_dir, preprocess, seed, train_per_class, test_per_class   (the real data)
   distilled: "name=path,name=path" or a directory holding <name>/distilled.npz
   real_model: model, model_kwargs, epochs, batch_size, learning_rate, momentum
-              (protocol B on the real train split; trained once, cached in cache_dir)
-  cache_dir:  where real-trained models are cached ("" = <workdir>/real_models)
+              (protocol B on the real train split; trained once, cached)
+  cache_dir:  the analyses' cache (`ddjax.analysis.cache`; "" = <workdir>/cache)
+  progress:   progress bars on a terminal
 """
 
 from __future__ import annotations
@@ -17,20 +18,25 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
-import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Callable, Iterable
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from scipy import stats
 
-from ddjax import classifier, data, models, train, workdir as workdir_lib
+from ddjax import classifier, data, models, progress_bar, train, workdir as workdir_lib
+from ddjax.analysis import cache, methods
 from ddjax.distill import synset
+from ddjax.errors import ConfigError
+
+__all__ = ["DistilledSetError", "AnalysisData", "parse_distilled", "convert_space",
+           "real_data_config", "load_analysis_data", "is_learned", "learned_names",
+           "ordered_set_names", "selected_names", "section", "section_inputs", "to_dict",
+           "fmt", "progress", "train_real_model", "real_model_from_config", "write_results",
+           "read_results", "save_figure", "display_images"]
 
 DistilledSetError = synset.DistilledSetError
 
@@ -51,6 +57,17 @@ def parse_distilled(spec: Any) -> dict[str, str]:
 
   Accepts a mapping, a "name=path,name=path" string, or a directory whose subdirectories
   hold `distilled.npz` (a reproduction's `distill/` folder), named by subdirectory.
+
+  Args:
+    spec: `config.distilled`: a mapping or ConfigDict {name: path}, a
+      "name=path,name=path" string, or a directory path; empty for none.
+
+  Returns:
+    {set name: path of its `distilled.npz`}; {} for an empty spec.
+
+  Raises:
+    DistilledSetError: a directory without any `<name>/distilled.npz`, or an entry
+      without "=".
   """
   if not spec:
     return {}
@@ -73,7 +90,17 @@ def parse_distilled(spec: Any) -> dict[str, str]:
 
 def convert_space(images: np.ndarray, source: data.Preprocessor,
                   target: data.Preprocessor) -> np.ndarray:
-  """Model-space images of one preprocessor -> model space of another (via [0, 1] pixels)."""
+  """Model-space images of one preprocessor -> model space of another (via [0, 1] pixels).
+
+  Args:
+    images: float [N, H, W, C] images in `source`'s model space.
+    source: the preprocessor the images were made with.
+    target: the preprocessor of the space wanted.
+
+  Returns:
+    float32 [N, H, W, C] images in `target`'s space (unchanged when the two
+    preprocessors are the same).
+  """
   if source.kind == target.kind == "none":
     return np.asarray(images, np.float32)
   same = (source.kind == target.kind and all(
@@ -87,6 +114,16 @@ def convert_space(images: np.ndarray, source: data.Preprocessor,
 
 
 def real_data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The real-data fields of an analysis config, for `classifier.load_preprocessed`.
+
+  Args:
+    config: an analysis config (dataset, and optionally data_dir, preprocess, seed,
+      train_per_class, test_per_class).
+
+  Returns:
+    A new ConfigDict with those six fields, defaults filled in ("standardize", seed 0,
+    0 per class = the whole split).
+  """
   return ml_collections.ConfigDict({
       "dataset": config.dataset, "data_dir": config.get("data_dir"),
       "preprocess": config.get("preprocess", "standardize"), "seed": config.get("seed", 0),
@@ -96,7 +133,22 @@ def real_data_config(config: ml_collections.ConfigDict) -> ml_collections.Config
 
 def load_analysis_data(config: ml_collections.ConfigDict, *,
                        require_distilled: bool = True) -> AnalysisData:
-  """The real data (model space) and the distilled sets, validated and converted."""
+  """The real data (model space) and the distilled sets, validated and converted.
+
+  Args:
+    config: an analysis config (the real-data fields and `distilled`).
+    require_distilled: raise when `config.distilled` names no set.
+
+  Returns:
+    AnalysisData: the real dataset in model space, its preprocessor, and
+    {name: DistilledSet} with each set's images converted into that space.
+
+  Raises:
+    DistilledSetError: no sets (when required), an unreadable or mismatched set, or a
+      set distilled from another dataset.
+    ConfigError: from loading the real data (e.g. an unknown preprocessing).
+    DatasetError: the real dataset cannot be loaded.
+  """
   real, pre = classifier.load_preprocessed(real_data_config(config))
   paths = parse_distilled(config.get("distilled", ""))
   if require_distilled and not paths:
@@ -114,73 +166,165 @@ def load_analysis_data(config: ml_collections.ConfigDict, *,
 
 
 def is_learned(dset: synset.DistilledSet) -> bool:
-  """A synthesised set (not the random-real baseline, which is plain real train images)."""
+  """A synthesised set (not the random-real baseline, which is plain real train images).
+
+  Args:
+    dset: a distilled set.
+
+  Returns:
+    True unless its method is "random".
+  """
   return dset.method != "random"
 
 
-def ordered_set_names(distilled: dict[str, synset.DistilledSet],
-                      method_order: tuple[str, ...]) -> list[str]:
-  """Sets of the methods in `method_order` first (in that order), then other learned
-  sets, the random-real baseline last; ties by name."""
-  def rank(name):
-    method = distilled[name].method
-    if method == "random":
-      return (2, 0, name)
-    if method in method_order:
-      return (0, method_order.index(method), name)
-    return (1, 0, name)
-  return sorted(distilled, key=rank)
+def learned_names(result: dict) -> list[str]:
+  """The learned sets of an analysis's JSON (every set but the random-real control).
 
+  Args:
+    result: an analysis's JSON with `sets` (set name -> entry with a `learned` flag) and,
+      if the analysis writes one, `set_order`.
 
-def array_digest(*arrays) -> str:
-  """A short hash of arrays' shapes, dtypes and bytes: the key of a result cache."""
-  h = hashlib.sha1()
-  for a in arrays:
-    a = np.ascontiguousarray(np.asarray(a))
-    h.update(str((a.shape, a.dtype.str)).encode())
-    h.update(a.tobytes())
-  return h.hexdigest()[:16]
-
-
-def read_npz(path: str) -> dict[str, np.ndarray] | None:
-  """A cache file's arrays, or None if it is missing or unreadable (e.g. a kill mid-write:
-  the entry is then recomputed and rewritten)."""
-  if not os.path.exists(path):
-    return None
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
-  except Exception:  # pylint: disable=broad-except
-    return None
-
-
-def write_npz(path: str, **arrays) -> None:
-  """Writes atomically (temporary file, then rename), so a kill never leaves half a file."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-  os.replace(tmp, path)
-
-
-def claim_rows(results: dict[str, dict], builders: dict[str, Any]) -> list[dict[str, Any]]:
-  """The claim-table rows of the analyses present in `results`, in `builders`' order.
-
-  builders: analysis name -> function of that analysis's JSON returning its rows.
+  Returns:
+    The learned sets' names in `set_order` (else in the order of `sets`); [] when the JSON
+    has no sets.
   """
-  rows = []
-  for name, build in builders.items():
-    if results.get(name):
-      rows += build(results[name])
-  return rows
+  sets = result.get("sets") or {}
+  return [n for n in result.get("set_order", sets) if sets[n].get("learned")]
+
+
+def ordered_set_names(distilled: dict[str, synset.DistilledSet],
+                      order: tuple[str, ...] = methods.PAPER_ORDER) -> list[str]:
+  """Set names sorted by `methods.order_key`: the methods of `order` first (in that
+  order), then other learned sets, the random-real control last; ties by name.
+
+  Args:
+    distilled: {name: DistilledSet}.
+    order: the method order, `methods.PAPER_ORDER` or `methods.FIG2_ORDER`.
+
+  Returns:
+    The set names, sorted.
+  """
+  return sorted(distilled, key=lambda n: methods.order_key(n, distilled[n].method, order))
+
+
+def selected_names(section: ml_collections.ConfigDict, distilled: dict[str, synset.DistilledSet],
+                   what: str, order: tuple[str, ...] = methods.PAPER_ORDER) -> list[str]:
+  """The sets named in `section.sets` ("" = all), in `order` (see `ordered_set_names`).
+
+  Args:
+    section: an analysis's config section; its `sets` is a comma-separated list of
+      set names, or empty.
+    distilled: {name: DistilledSet}, the sets loaded.
+    what: the section's name, for the error message.
+    order: the method order.
+
+  Returns:
+    The selected set names, in `order`.
+
+  Raises:
+    DistilledSetError: naming sets that are not among the distilled sets.
+  """
+  ordered = ordered_set_names(distilled, order)
+  spec = str(section.get("sets", "") or "")
+  if not spec.strip():
+    return ordered
+  wanted = [s.strip() for s in spec.split(",") if s.strip()]
+  unknown = [w for w in wanted if w not in distilled]
+  if unknown:
+    raise DistilledSetError(f"config.{what}.sets names {unknown}, which are not among the "
+                            f"distilled sets {ordered}.")
+  return [n for n in ordered if n in wanted]
+
+
+def section(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """`config.<name>`, the analysis's section.
+
+  Args:
+    config: the analysis config.
+    name: the section's name (usually the analysis's).
+
+  Returns:
+    The section's ConfigDict.
+
+  Raises:
+    ConfigError: if the config has none (build it with configs/analysis/paper.py).
+  """
+  found = config.get(name)
+  if found is None:
+    raise ConfigError(f"config has no {name!r} section; build the config with "
+                      "configs/analysis/paper.py (or add the analysis's default_config()).")
+  return found
+
+
+def section_inputs(config: ml_collections.ConfigDict, name: str,
+                   validate: Callable[[ml_collections.ConfigDict], Any] | None = None
+                   ) -> tuple[ml_collections.ConfigDict, AnalysisData, list[str]]:
+  """The start of an analysis that works on the sets its section selects.
+
+  The section is checked before any data is read, so a bad config fails at once.
+
+  Args:
+    config: the analysis config.
+    name: the analysis's section (`config.<name>`), also named in error messages.
+    validate: checks the section (raising ConfigError); None for no check.
+
+  Returns:
+    (the section, the real data and the distilled sets in its space, the sets that
+    `config.<name>.sets` selects in `methods.PAPER_ORDER`).
+
+  Raises:
+    ConfigError: without the section, or from `validate`.
+    DistilledSetError: for no, mismatched or unknown distilled sets.
+  """
+  found = section(config, name)
+  if validate is not None:
+    validate(found)
+  adata = load_analysis_data(config)
+  return found, adata, selected_names(found, adata.distilled, name)
+
+
+def to_dict(section_or_dict) -> dict:
+  """A ConfigDict (or mapping) as a plain dict, for JSON.
+
+  Args:
+    section_or_dict: a ConfigDict or a mapping.
+
+  Returns:
+    A plain dict (nested ConfigDicts become dicts; a mapping is copied shallowly).
+  """
+  if isinstance(section_or_dict, ml_collections.ConfigDict):
+    return section_or_dict.to_dict()
+  return dict(section_or_dict)
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+  """A number for a claim row's text: `digits` decimals, "n/a" for None.
+
+  Args:
+    x: the number, or None.
+    digits: decimals shown.
+
+  Returns:
+    The formatted string.
+  """
+  return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def progress(config: ml_collections.ConfigDict, iterable: Iterable | None = None, **kwargs):
+  """`progress_bar.bar`, on when `config.progress` is (and the output is a terminal).
+
+  Args:
+    config: the analysis config; its `progress` (default False) turns the bar on.
+    iterable: what to iterate over; None for a bar advanced with `.update()`.
+    **kwargs: passed to tqdm (desc, total, ...).
+
+  Returns:
+    The tqdm bar.
+  """
+  return progress_bar.bar(iterable, enabled=bool(config.get("progress", False)), **kwargs)
 
 
 # ----------------------------------------------------------------------------- real models
-
-
-def _cache_key(dataset: str, model: str, model_kwargs: dict, fields: dict) -> str:
-  text = json.dumps({"dataset": dataset, "model": model, "kwargs": model_kwargs, **fields},
-                    sort_keys=True, default=str)
-  return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 @functools.lru_cache(maxsize=8)
@@ -203,44 +347,56 @@ def train_real_model(real: data.ImageDataset, model_name: str, model_kwargs: dic
                      *, seed: int = 0, epochs: int = 10, batch_size: int = 256,
                      learning_rate: float = 0.01, momentum: float = 0.9,
                      cache_dir: str | None = None) -> tuple[Any, dict]:
-  """(model, variables) of `model_name` trained on the real train split with protocol B.
+  """A model trained on the real train split with protocol B (SGD, momentum, minibatches).
 
-  Cached as `<cache_dir>/<model>-<hash>.msgpack` (the hash covers dataset, model, kwargs
-  and training settings), so every analysis of a reproduction shares one real model.
+  Args:
+    real: the real dataset (model space).
+    model_name: a `ddjax.models` registry name.
+    model_kwargs: its constructor arguments.
+    seed: initialisation and batch order.
+    epochs, batch_size, learning_rate, momentum: protocol B's settings.
+    cache_dir: if given, the variables are cached there (`ddjax.analysis.cache`, keyed by
+      dataset, model, kwargs and every setting), so every analysis of a reproduction
+      shares one real model.
+
+  Returns:
+    (model, variables).
   """
   kwargs = dict(model_kwargs or {})
-  model, fit = _train_fn(models.canonical_model_name(model_name), tuple(sorted(kwargs.items())),
-                         real.num_classes, int(epochs), int(batch_size), float(learning_rate),
-                         float(momentum))
+  name = models.canonical_model_name(model_name)
+  model, fit = _train_fn(name, tuple(sorted(kwargs.items())), real.num_classes, int(epochs),
+                         int(batch_size), float(learning_rate), float(momentum))
   key = jax.random.PRNGKey(seed)
+
+  def compute():
+    return jax.device_get(fit(key, jnp.asarray(real.x_train), jnp.asarray(real.y_train)))
+
+  if not cache_dir:
+    return model, compute()
   template = models.init_variables(model, key, real.x_train.shape)
-  path = None
-  if cache_dir:
-    fields = dict(seed=seed, epochs=epochs, batch_size=batch_size, lr=learning_rate,
-                  momentum=momentum, n=int(real.x_train.shape[0]))
-    path = os.path.join(cache_dir, f"{models.canonical_model_name(model_name)}-"
-                                   f"{_cache_key(real.name, model_name, kwargs, fields)}.msgpack")
-    if os.path.exists(path):
-      with open(path, "rb") as f:
-        try:
-          return model, flax.serialization.from_bytes(template, f.read())
-        except Exception:  # pylint: disable=broad-except
-          pass  # a corrupt cache entry is retrained and rewritten
-  variables = fit(key, jnp.asarray(real.x_train), jnp.asarray(real.y_train))
-  variables = jax.device_get(variables)
-  if path:
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-      f.write(flax.serialization.to_bytes(variables))
-    os.replace(tmp, path)
-  return model, variables
+  payload = {"dataset": real.name, "model": model_name, "kwargs": kwargs, "seed": seed,
+             "epochs": epochs, "batch_size": batch_size, "lr": learning_rate,
+             "momentum": momentum, "n": int(real.x_train.shape[0])}
+  return model, cache.cached_tree(cache_dir, f"real_model_{name}", payload, template, compute)
 
 
 def real_model_from_config(config: ml_collections.ConfigDict, real: data.ImageDataset,
                            workdir: str, model_name: str | None = None,
                            model_kwargs: dict | None = None, seed: int | None = None):
-  """`train_real_model` with the settings of `config.real_model` (overridable)."""
+  """`train_real_model` with the settings of `config.real_model` (overridable).
+
+  Args:
+    config: the analysis config (`real_model`, `seed`, `cache_dir`).
+    real: the real dataset (model space).
+    workdir: the analysis's output directory (for the default cache directory).
+    model_name: overrides `config.real_model.model`.
+    model_kwargs: overrides the constructor arguments; None = `real_model.model_kwargs`
+      for the configured model, {} for another.
+    seed: overrides `config.seed`.
+
+  Returns:
+    (model, variables), cached in `cache.cache_dir(config, workdir)`.
+  """
   rm = config.real_model
   name = model_name or rm.model
   if model_kwargs is None:
@@ -249,23 +405,23 @@ def real_model_from_config(config: ml_collections.ConfigDict, real: data.ImageDa
   return train_real_model(real, name, model_kwargs, seed=config.seed if seed is None else seed,
                           epochs=rm.epochs, batch_size=rm.batch_size,
                           learning_rate=rm.learning_rate, momentum=rm.momentum,
-                          cache_dir=config.get("cache_dir") or os.path.join(workdir, "real_models"))
+                          cache_dir=cache.cache_dir(config, workdir))
 
 
 # ----------------------------------------------------------------------------- outputs
 
 
-def mean_ci(values, confidence: float = 0.95) -> dict[str, float]:
-  """Mean, std and a Student-t confidence interval of the mean over seeds."""
-  values = np.asarray(values, np.float64).ravel()
-  n = values.size
-  mean = float(values.mean())
-  std = float(values.std(ddof=1)) if n > 1 else 0.0
-  half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / np.sqrt(n)) if n > 1 else 0.0
-  return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n}
-
-
 def write_results(workdir: str, name: str, results: dict) -> str:
+  """Writes `<workdir>/<name>.json` (atomically); returns its path.
+
+  Args:
+    workdir: the output directory (created if missing).
+    name: the analysis's name.
+    results: the JSON-able results.
+
+  Returns:
+    The JSON file's path.
+  """
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, f"{name}.json")
   workdir_lib.write_json(path, results)
@@ -273,6 +429,15 @@ def write_results(workdir: str, name: str, results: dict) -> str:
 
 
 def read_results(workdir: str, name: str) -> dict | None:
+  """`<workdir>/<name>.json`, or None if there is none.
+
+  Args:
+    workdir: the output directory.
+    name: the analysis's name.
+
+  Returns:
+    The parsed JSON, or None.
+  """
   path = os.path.join(workdir, f"{name}.json")
   if not os.path.exists(path):
     return None
@@ -281,6 +446,17 @@ def read_results(workdir: str, name: str) -> dict | None:
 
 
 def save_figure(fig, workdir: str, filename: str) -> str:
+  """Saves a matplotlib figure as `<workdir>/<filename>` (PNG, 120 dpi), closes it, and
+  returns the path.
+
+  Args:
+    fig: the matplotlib figure.
+    workdir: the output directory (created if missing).
+    filename: the file's name, e.g. "agreement.png".
+
+  Returns:
+    The PNG's path.
+  """
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, filename)
@@ -290,5 +466,13 @@ def save_figure(fig, workdir: str, filename: str) -> str:
 
 
 def display_images(images: np.ndarray, preprocessor: data.Preprocessor) -> np.ndarray:
-  """Model space -> [0, 1] images for plotting (clipped)."""
+  """Model space -> [0, 1] images for plotting (clipped).
+
+  Args:
+    images: float [N, H, W, C] images in `preprocessor`'s model space.
+    preprocessor: the preprocessor they were made with.
+
+  Returns:
+    float32 [N, H, W, C] images in [0, 1].
+  """
   return np.clip(np.asarray(preprocessor.invert(np.asarray(images, np.float32))), 0.0, 1.0)

@@ -25,6 +25,8 @@ from ddjax import checkpoint, models, train, workdir as workdir_lib
 from ddjax.curvature import estimators, operators
 from ddjax.errors import ConfigError
 
+__all__ = ["run_curvature"]
+
 
 def _load_state(config: ml_collections.ConfigDict):
   """(model, variables, dataset, preprocessor, description) from a checkpoint or an init."""
@@ -112,7 +114,21 @@ def _plot(path: str, grid, density, top: list[float] | None, title: str) -> None
 
 
 def run_curvature(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Computes the configured curvature quantities and writes them to `workdir`."""
+  """Computes the configured curvature quantities and writes them to `workdir`.
+
+  Args:
+    config: a configs/curvature.py config.
+    workdir: the output directory (config.json, curvature.json, density.png).
+
+  Returns:
+    The results written to curvature.json: the source, data and operator settings,
+    and, as configured, 'trace', 'per_layer_trace', 'topk' and 'density', each with
+    its timings.
+
+  Raises:
+    DdjaxError: a bad config value, checkpoint or data (ConfigError,
+      CheckpointError, DatasetError, DistilledSetError), or NonFiniteCurvatureError.
+  """
   key = jax.random.PRNGKey(config.seed)
   model, variables, ds, pre, source = _load_state(config)
   x, y = _select_data(config, ds, pre)
@@ -134,8 +150,9 @@ def run_curvature(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   }
   if config.trace.enabled:
     result["trace"], _ = _trace(op, jax.random.fold_in(key, 1), config.trace)
-    print(f"trace {result['trace']['trace']:.6g} +- {result['trace']['stderr']:.2g} "
-          f"({result['trace']['num_probes']} probes, {result['trace']['time_s']:.1f}s)", flush=True)
+    t = result["trace"]
+    logging.info("Trace %.6g +- %.2g (%d probes, %.1f s)", t["trace"], t["stderr"],
+                 t["num_probes"], t["time_s"])
   if config.per_layer:
     params = variables["params"]
     layers = {}
@@ -161,8 +178,8 @@ def run_curvature(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     result["topk"] = {"method": config.topk.method, "eigenvalues": top,
                       "residuals": pairs.residuals.tolist(),
                       "converged": pairs.converged.tolist(), "time_s": seconds}
-    print(f"top-{config.topk.k} eigenvalues ({config.topk.method}): "
-          f"{np.array2string(np.asarray(top), precision=4)} ({seconds:.1f}s)", flush=True)
+    logging.info("Top-%d eigenvalues (%s): %s (%.1f s)", config.topk.k, config.topk.method,
+                 np.array2string(np.asarray(top), precision=4), seconds)
   if config.density.num_probes:
     num_iters = min(config.density.num_iters, op.size)
     dens, seconds = _timed(estimators.slq, op, jax.random.fold_in(key, 4),
@@ -176,7 +193,7 @@ def run_curvature(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
                          "grid": grid.tolist(), "values": values.tolist()}
     _plot(os.path.join(workdir, "density.png"), grid, values, top,
           f"{config.operator} spectrum, {source}, {config.data} ({x.shape[0]} ex.)")
-    print(f"SLQ density: {config.density.num_probes} probe(s) x {num_iters} steps "
-          f"({seconds:.1f}s), trace estimate {dens.trace:.6g}", flush=True)
+    logging.info("SLQ density: %d probe(s) x %d steps (%.1f s), trace estimate %.6g",
+                 config.density.num_probes, num_iters, seconds, dens.trace)
   workdir_lib.write_json(os.path.join(workdir, "curvature.json"), result)
   return result

@@ -1,7 +1,8 @@
 """Spectral estimators that see a curvature operator only through its products.
 
 * `hutchinson_trace`: tr(A) from Rademacher probes z^T A z (vmapped in blocks),
-  with PyHessian's stopping rule (the paper's E7 setting) or a fixed probe count,
+  with PyHessian's stopping rule (the paper's Hessian-trace setting, section 4.3) or
+  a fixed probe count,
   and a standard error.
 * `power_iteration`: top-k eigenpairs by |lambda|, deflated by orthogonalisation
   against the pairs already found (PyHessian's `eigenvalues`).
@@ -41,6 +42,11 @@ from ddjax import parallel
 from ddjax.curvature.operators import LinearOperator, NonFiniteCurvatureError, flatten
 from ddjax.errors import ConfigError
 
+__all__ = [
+    "Eigenpairs", "LanczosResult", "SpectralDensity", "TraceEstimate", "hutchinson_samples",
+    "hutchinson_trace", "lanczos", "lanczos_topk", "power_iteration", "slq", "tridiagonal_eigh",
+]
+
 PyTree = Any
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -68,6 +74,16 @@ def _unravel_rows(rows: jax.Array, primal: PyTree) -> PyTree:
 
 @dataclasses.dataclass(frozen=True)
 class TraceEstimate:
+  """A Hutchinson trace estimate (`hutchinson_trace`).
+
+  Attributes:
+    trace: the mean of the probe samples.
+    stderr: std(samples, ddof=1) / sqrt(num_probes); nan for one probe.
+    num_probes: the probes taken.
+    samples: z_i^T A z_i, in probe order, float64 [num_probes].
+    stopped_by_tol: the relative-tolerance rule fired before max_probes.
+  """
+
   trace: float          # mean of the probe samples
   stderr: float         # std(samples, ddof=1) / sqrt(num_probes); nan for one probe
   num_probes: int
@@ -75,6 +91,11 @@ class TraceEstimate:
   stopped_by_tol: bool  # the relative-tolerance rule fired before max_probes
 
   def to_dict(self) -> dict:
+    """The estimate as JSON-ready values.
+
+    Returns:
+      {'trace', 'stderr', 'num_probes', 'stopped_by_tol', 'samples' (a list)}.
+    """
     return {"trace": self.trace, "stderr": self.stderr, "num_probes": self.num_probes,
             "stopped_by_tol": self.stopped_by_tol, "samples": self.samples.tolist()}
 
@@ -93,6 +114,17 @@ def hutchinson_samples(op: LinearOperator, key: jax.Array, *, max_probes: int,
   `mesh` (a `jax.sharding.Mesh`, or "auto") splits every block of probes over its
   devices; the block is rounded up to a multiple of the device count. Probe i is
   still `fold_in(key, i)`, so the samples and the count are those of one device.
+
+  Args:
+    op: the operator.
+    key: the PRNG key; probe i uses fold_in(key, i).
+    max_probes: the most probes taken.
+    tol: the relative tolerance of the stopping rule; None takes all max_probes.
+    probe_batch: probes vmapped together.
+    mesh: a Mesh, None or "auto".
+
+  Returns:
+    (samples [>= max_probes], the number of valid leading samples): device arrays.
   """
   mesh = parallel.resolve_mesh(mesh)
   if mesh is not None:
@@ -149,6 +181,24 @@ def hutchinson_trace(op: LinearOperator, key: jax.Array, *, num_probes: int | No
   one product; `probe_batch` probes are vmapped together (more memory, better
   throughput on accelerators). `mesh` splits each block of probes over devices
   (see `hutchinson_samples`); the estimate is the single-device one.
+
+  Args:
+    op: the operator.
+    key: the PRNG key; probe i uses fold_in(key, i).
+    num_probes: a fixed probe count (a multiple of probe_batch); None applies the
+      tolerance rule.
+    max_probes: the most probes under the tolerance rule.
+    tol: the rule's relative tolerance.
+    probe_batch: probes vmapped together.
+    mesh: a Mesh, None or "auto".
+
+  Returns:
+    The TraceEstimate.
+
+  Raises:
+    ConfigError: a probe count or probe_batch below 1, num_probes not a multiple of
+      probe_batch, or a non-positive tol.
+    NonFiniteCurvatureError: a probe sample is NaN/inf.
   """
   fixed = num_probes is not None
   count = num_probes if fixed else max_probes
@@ -182,6 +232,16 @@ def _rule_fires(samples: np.ndarray, tol: float) -> bool:
 
 
 class Eigenpairs(NamedTuple):
+  """Eigenpairs of an operator (`power_iteration`, `lanczos_topk`).
+
+  Attributes:
+    eigenvalues: float64 [k].
+    eigenvectors: unit eigenvectors shaped like the operator's domain, with a leading
+      k axis.
+    residuals: [k] |A u - lambda u| (power) or the Lanczos estimate |beta_m s_m|.
+    num_iters: [k] products spent per eigenvalue (power) or in total (Lanczos).
+    converged: bool [k].
+  """
   eigenvalues: np.ndarray    # float64 [k]
   eigenvectors: PyTree       # shaped like the operator's domain, with a leading k axis
   residuals: np.ndarray      # |A u - lambda u| (power) or the Lanczos estimate |beta_m s_m|
@@ -231,6 +291,20 @@ def power_iteration(op: LinearOperator, key: jax.Array, *, k: int = 1, max_iters
   first j eigenvectors until the Rayleigh quotient changes by less than `tol`
   (relative) or `max_iters`. Converges slowly when |lambda_j| ~ |lambda_{j+1}|;
   prefer `lanczos_topk`.
+
+  Args:
+    op: the operator.
+    key: the PRNG key of the start vectors.
+    k: the number of eigenpairs.
+    max_iters: the most iterations per eigenvalue.
+    tol: the relative change of the Rayleigh quotient that stops an eigenvalue.
+
+  Returns:
+    The Eigenpairs, in the order found (decreasing |lambda| when converged).
+
+  Raises:
+    ConfigError: k outside [1, dimension].
+    NonFiniteCurvatureError: the products gave NaN/inf.
   """
   if k < 1 or k > op.size:
     raise ConfigError(f"k must be in [1, {op.size}], got {k}.")
@@ -247,6 +321,14 @@ def power_iteration(op: LinearOperator, key: jax.Array, *, k: int = 1, max_iters
 
 
 class LanczosResult(NamedTuple):
+  """The Lanczos tridiagonal T and basis (`lanczos`).
+
+  Attributes:
+    alphas: [m] the diagonal of T.
+    betas: [m] the off-diagonal of T (betas[:m-1]); betas[m-1] is the residual norm.
+    basis: [m, p] the orthonormal Lanczos vectors, flat.
+    num_breakdowns: the number of restarts after an invariant subspace.
+  """
   alphas: jax.Array        # [m] diagonal of T
   betas: jax.Array         # [m] off-diagonal of T (betas[:m-1]); betas[m-1] is the residual norm
   basis: jax.Array         # [m, p] orthonormal Lanczos vectors (flat)
@@ -298,6 +380,15 @@ def lanczos(op: LinearOperator, key: jax.Array, num_iters: int, *,
 
   Costs num_iters products and O(num_iters * p) memory for the basis; full
   reorthogonalisation adds O(num_iters^2 p) flops.
+
+  Args:
+    op: the operator, of dimension p.
+    key: the PRNG key of the start vector (and of restarts after a breakdown).
+    num_iters: the number of steps m (static).
+    reorthogonalize: full reorthogonalisation against the stored basis.
+
+  Returns:
+    The LanczosResult (device arrays; T is not checked for NaN here).
   """
   matvec, flat, _ = flatten(op)
   start_key, restart_key = jax.random.split(key)
@@ -308,7 +399,16 @@ def lanczos(op: LinearOperator, key: jax.Array, num_iters: int, *,
 def tridiagonal_eigh(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
   """Eigen-decomposition of the Lanczos T (ascending), on the host in float64.
 
-  `betas` may have length m (the last entry, the residual norm, is ignored) or m - 1.
+  Args:
+    alphas: the diagonal [m].
+    betas: the off-diagonal; length m (the last entry, the residual norm, is ignored)
+      or m - 1.
+
+  Returns:
+    (eigenvalues [m] ascending, eigenvectors [m, m] as columns), float64.
+
+  Raises:
+    NonFiniteCurvatureError: T holds NaN/inf.
   """
   a = np.asarray(alphas, np.float64)
   b = np.asarray(betas, np.float64)[: a.size - 1]
@@ -334,9 +434,24 @@ def lanczos_topk(op: LinearOperator, key: jax.Array, k: int, *, num_iters: int |
                  which: str = "largest", reorthogonalize: bool = True) -> Eigenpairs:
   """k Ritz pairs from `num_iters` Lanczos steps (default max(3k, 30), capped at p).
 
-  `which`: "largest" (algebraic, default), "smallest", or "magnitude". The
-  residual estimate |beta_m s_{m,i}| equals |A u_i - theta_i u_i| in exact
+  The residual estimate |beta_m s_{m,i}| equals |A u_i - theta_i u_i| in exact
   arithmetic.
+
+  Args:
+    op: the operator.
+    key: the PRNG key of the start vector.
+    k: the number of Ritz pairs.
+    num_iters: the Lanczos steps m (default max(3k, 30)), capped at the dimension.
+    which: "largest" (algebraic, default), "smallest", or "magnitude".
+    reorthogonalize: full reorthogonalisation.
+
+  Returns:
+    The Eigenpairs in `which` order; `converged` where the residual estimate is below
+    sqrt(eps) times the largest |Ritz value|.
+
+  Raises:
+    ConfigError: an unknown `which`, or k outside [1, m].
+    NonFiniteCurvatureError: the products gave NaN/inf.
   """
   if which not in _WHICH:
     raise ConfigError(f"Unknown which={which!r}; expected one of {_WHICH}.")
@@ -363,18 +478,33 @@ def lanczos_topk(op: LinearOperator, key: jax.Array, k: int, *, num_iters: int |
 class SpectralDensity:
   """Stochastic Lanczos quadrature: per probe, nodes theta_j and weights w_j with
   sum_j w_j g(theta_j) ~ z^T g(A) z / |z|^2 (exact for polynomials of degree
-  < 2 * num_iters); averaged over probes it estimates tr(g(A)) / dim."""
+  < 2 * num_iters); averaged over probes it estimates tr(g(A)) / dim.
+
+  Attributes:
+    nodes: float64 [num_probes, num_iters] quadrature nodes (Ritz values).
+    weights: float64 [num_probes, num_iters] quadrature weights; each row sums to 1.
+    dim: the operator's dimension.
+    num_breakdowns: Lanczos breakdowns per probe.
+  """
   nodes: np.ndarray     # float64 [num_probes, num_iters]
   weights: np.ndarray   # float64 [num_probes, num_iters], each row sums to 1
   dim: int
   num_breakdowns: np.ndarray
 
   def moments(self, orders=(1, 2)) -> np.ndarray:
-    """Estimates of tr(A^q) / dim for each q in `orders`."""
+    """Estimates of tr(A^q) / dim for each q in `orders`.
+
+    Args:
+      orders: the powers q.
+
+    Returns:
+      float64 [len(orders)].
+    """
     return np.array([np.mean(np.sum(self.weights * self.nodes ** q, axis=1)) for q in orders])
 
   @property
   def trace(self) -> float:
+    """The SLQ estimate of tr(A): dim times the first moment."""
     return float(self.dim * self.moments((1,))[0])
 
   def density(self, grid: np.ndarray | None = None, *, num_points: int = 1000,
@@ -383,6 +513,14 @@ class SpectralDensity:
 
     sigma defaults to sqrt(1e-5) times half the spectral range, the spectral-density
     code's sigma^2 = 1e-5 on a spectrum rescaled to [-1, 1]. Integrates to ~1.
+
+    Args:
+      grid: the eigenvalue grid; None spans the nodes plus 4 sigma.
+      num_points: the default grid's size.
+      sigma: the Gaussian's standard deviation (None: the default above).
+
+    Returns:
+      (grid [G], density [G]), float64.
     """
     lo, hi = float(self.nodes.min()), float(self.nodes.max())
     half = max((hi - lo) / 2, 1e-12)
@@ -395,6 +533,11 @@ class SpectralDensity:
     return grid, np.mean(np.sum(self.weights[None] * kernel, axis=2), axis=1)
 
   def to_dict(self) -> dict:
+    """The quadrature as JSON-ready values.
+
+    Returns:
+      {'nodes', 'weights', 'dim', 'num_breakdowns'}, arrays as nested lists.
+    """
     return {"nodes": self.nodes.tolist(), "weights": self.weights.tolist(), "dim": self.dim,
             "num_breakdowns": self.num_breakdowns.tolist()}
 
@@ -420,6 +563,20 @@ def slq(op: LinearOperator, key: jax.Array, *, num_probes: int = 1, num_iters: i
 
   Probes run sequentially unless `probe_batch` > 1 (memory grows as
   probe_batch * num_iters * p for the bases).
+
+  Args:
+    op: the operator, of dimension p.
+    key: the PRNG key; probe i uses fold_in(key, i).
+    num_probes: Rademacher start vectors (a multiple of probe_batch).
+    num_iters: Lanczos steps per probe, in [1, p].
+    probe_batch: probes vmapped together.
+
+  Returns:
+    The SpectralDensity.
+
+  Raises:
+    ConfigError: num_iters outside [1, p], or bad probe counts.
+    NonFiniteCurvatureError: the products gave NaN/inf.
   """
   p = op.size
   if not 1 <= num_iters <= p:

@@ -56,6 +56,14 @@ from jax.flatten_util import ravel_pytree
 from ddjax import parallel
 from ddjax.errors import ConfigError, DdjaxError
 
+__all__ = [
+    "BATCH_STATS_MODES", "Batches", "LinearOperator", "NonFiniteCurvatureError", "PRECISIONS",
+    "Subset", "check_finite", "cross_entropy_losses", "damped", "dense_matrix", "dense_operator",
+    "flatten", "gauss_newton_operator", "hessian_operator", "layer_groups", "loss_hessian_operator",
+    "make_batches", "merge_params", "model_outputs", "param_paths", "resolve_subset",
+    "select_params",
+]
+
 PyTree = Any
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (outputs [b, ...], labels [b, ...]) -> [b]
 Subset = str | Sequence[str] | Callable[[str], bool] | None
@@ -78,6 +86,11 @@ class LinearOperator:
   `fn(primal, args, v)` is static (hashable; equal functions share compiled code);
   `primal` (the point the curvature is taken at, or any array of the domain's
   shape) and `args` are traced.
+
+  Attributes:
+    fn: (primal, args, v) -> A v, static.
+    primal: a pytree of the domain's shape (the linearisation point).
+    args: the traced arrays `fn` uses (data, damping, ...).
   """
 
   fn: Callable[[PyTree, PyTree, PyTree], PyTree] = flax.struct.field(pytree_node=False)
@@ -85,6 +98,7 @@ class LinearOperator:
   args: PyTree = None
 
   def __call__(self, v: PyTree) -> PyTree:
+    """A v, for `v` shaped like `primal`."""
     return self.fn(self.primal, self.args, v)
 
   @property
@@ -94,12 +108,20 @@ class LinearOperator:
 
   @property
   def dtype(self) -> np.dtype:
+    """The result dtype of the primal's leaves."""
     return jnp.result_type(*jax.tree_util.tree_leaves(self.primal))
 
 
 def flatten(op: LinearOperator) -> tuple[Callable[[jax.Array], jax.Array], jax.Array,
                                          Callable[[jax.Array], PyTree]]:
-  """(flat matvec, flat primal, unravel): the operator on 1-D vectors."""
+  """(flat matvec, flat primal, unravel): the operator on 1-D vectors.
+
+  Args:
+    op: the operator.
+
+  Returns:
+    (x [p] -> A x [p], the primal raveled [p], [p] -> pytree like the primal).
+  """
   flat, unravel = ravel_pytree(op.primal)
 
   def matvec(x):
@@ -114,7 +136,17 @@ def _dense_matvec(primal, matrix, v):
 
 
 def dense_operator(matrix) -> LinearOperator:
-  """The operator of an explicit symmetric [p, p] matrix (tests, synthetic spectra)."""
+  """The operator of an explicit symmetric [p, p] matrix (tests, synthetic spectra).
+
+  Args:
+    matrix: a symmetric [p, p] array (symmetry is not checked).
+
+  Returns:
+    The LinearOperator on vectors [p] (full-precision matmuls).
+
+  Raises:
+    ValueError: the matrix is not square.
+  """
   matrix = jnp.asarray(matrix)
   if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
     raise ValueError(f"dense_operator needs a square matrix, got shape {matrix.shape}.")
@@ -128,7 +160,15 @@ def _damped_matvec(primal, args, v):
 
 
 def damped(op: LinearOperator, damping: float) -> LinearOperator:
-  """A + damping * I (absolute damping: the value is added to every eigenvalue)."""
+  """A + damping * I (absolute damping: the value is added to every eigenvalue).
+
+  Args:
+    op: the operator A.
+    damping: the constant added.
+
+  Returns:
+    The damped LinearOperator, on the same domain.
+  """
   return LinearOperator(_damped_matvec, op.primal, (op, jnp.asarray(damping, op.dtype)))
 
 
@@ -143,12 +183,27 @@ def dense_matrix(op: LinearOperator, *, batch_size: int | None = 64) -> jax.Arra
   """Materialises an operator as a [p, p] matrix, `batch_size` columns at a time.
 
   p products: only for small models (tests, exact influence on tiny networks).
+
+  Args:
+    op: the operator, of dimension p.
+    batch_size: columns computed per vmapped call (None: all at once).
+
+  Returns:
+    The [p, p] matrix, in the order of `flatten(op)`.
   """
   return _dense_matrix(op, batch_size=None if batch_size is None else min(batch_size, op.size))
 
 
 def check_finite(tree: PyTree, what: str) -> None:
-  """Raises NonFiniteCurvatureError if any float leaf of `tree` is NaN or infinite."""
+  """Raises NonFiniteCurvatureError if any float leaf of `tree` is NaN or infinite.
+
+  Args:
+    tree: a pytree of arrays (fetched to the host).
+    what: how the message names the quantity.
+
+  Raises:
+    NonFiniteCurvatureError: naming the first leaf with NaN/inf entries.
+  """
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     arr = np.asarray(leaf)
     if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
@@ -167,6 +222,11 @@ class Batches(NamedTuple):
   """A dataset as fixed-size batches: x [B, b, ...], y [B, b, ...], w [B, b].
 
   Padding examples (to fill the last batch) have weight 0.
+
+  Attributes:
+    x: inputs [B, b, ...].
+    y: labels [B, b, ...].
+    w: per-example weights [B, b].
   """
   x: jax.Array
   y: jax.Array
@@ -174,7 +234,21 @@ class Batches(NamedTuple):
 
 
 def make_batches(x, y, batch_size: int | None = None, weights=None) -> Batches:
-  """Splits (x, y, weights) into `Batches`; `batch_size=None` gives one batch."""
+  """Splits (x, y, weights) into `Batches`; `batch_size=None` gives one batch.
+
+  Args:
+    x: inputs [n, ...].
+    y: labels [n, ...].
+    batch_size: examples per batch (capped at n); None for one batch.
+    weights: per-example weights [n] (default 1).
+
+  Returns:
+    The Batches, the last batch zero-padded with weight-0 examples.
+
+  Raises:
+    ConfigError: a non-positive batch_size.
+    ValueError: an empty dataset, or labels or weights of the wrong length.
+  """
   x, y = jnp.asarray(x), jnp.asarray(y)
   n = x.shape[0]
   if n == 0:
@@ -199,7 +273,15 @@ def make_batches(x, y, batch_size: int | None = None, weights=None) -> Batches:
 
 
 def cross_entropy_losses(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-example softmax cross-entropy; integer [b] or soft [b, C] labels."""
+  """Per-example softmax cross-entropy; integer [b] or soft [b, C] labels.
+
+  Args:
+    logits: [b, C].
+    labels: integer [b] or soft [b, C].
+
+  Returns:
+    The losses [b].
+  """
   if labels.ndim == logits.ndim:
     return optax.softmax_cross_entropy(logits, labels)
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -221,12 +303,27 @@ def _path_str(path) -> str:
 
 
 def param_paths(params: PyTree) -> tuple[str, ...]:
-  """'/'-joined paths of every parameter array, e.g. 'convs_0/kernel'."""
+  """'/'-joined paths of every parameter array, e.g. 'convs_0/kernel'.
+
+  Args:
+    params: a parameter pytree.
+
+  Returns:
+    The paths, in leaf order.
+  """
   return tuple(_path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params))
 
 
 def layer_groups(params: PyTree, depth: int = 1) -> dict[str, tuple[str, ...]]:
-  """Parameter paths grouped by their first `depth` components (one group per layer)."""
+  """Parameter paths grouped by their first `depth` components (one group per layer).
+
+  Args:
+    params: a parameter pytree.
+    depth: how many path components name a group.
+
+  Returns:
+    {group name: (its parameter paths)}, in leaf order.
+  """
   groups: dict[str, list[str]] = {}
   for path in param_paths(params):
     groups.setdefault("/".join(path.split("/")[:depth]), []).append(path)
@@ -236,9 +333,17 @@ def layer_groups(params: PyTree, depth: int = 1) -> dict[str, tuple[str, ...]]:
 def resolve_subset(params: PyTree, subset: Subset) -> tuple[str, ...] | None:
   """The selected parameter paths, or None for all parameters.
 
-  `subset` is a path prefix ('head', 'convs_0/kernel'), a sequence of prefixes, a
-  regular expression given as 're:PATTERN' (matched with re.search), or a
-  predicate on the path string.
+  Args:
+    params: a parameter pytree.
+    subset: a path prefix ('head', 'convs_0/kernel'), a sequence of prefixes, a
+      regular expression given as 're:PATTERN' (matched with re.search), a
+      predicate on the path string, or None.
+
+  Returns:
+    The selected paths, in leaf order, or None for None.
+
+  Raises:
+    ConfigError: the subset selects nothing (the message lists the top-level names).
   """
   if subset is None:
     return None
@@ -260,14 +365,30 @@ def resolve_subset(params: PyTree, subset: Subset) -> tuple[str, ...] | None:
 
 
 def select_params(params: PyTree, paths: Sequence[str]) -> dict[str, jax.Array]:
-  """{path: array} for the selected paths (the domain of a restricted operator)."""
+  """{path: array} for the selected paths (the domain of a restricted operator).
+
+  Args:
+    params: a parameter pytree.
+    paths: the paths to keep (`resolve_subset`).
+
+  Returns:
+    The selected arrays by path.
+  """
   wanted = set(paths)
   return {_path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)
           if _path_str(p) in wanted}
 
 
 def merge_params(params: PyTree, selected: dict[str, jax.Array]) -> PyTree:
-  """`params` with the leaves named in `selected` replaced (traceable)."""
+  """`params` with the leaves named in `selected` replaced (traceable).
+
+  Args:
+    params: a parameter pytree.
+    selected: {path: array} replacements (`select_params`' format).
+
+  Returns:
+    The parameter pytree with those leaves replaced.
+  """
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   new = [selected.get(_path_str(p), x) for p, x in leaves]
   return jax.tree_util.tree_unflatten(treedef, new)
@@ -282,7 +403,18 @@ def _precision_context(precision: str | None):
 
 def model_outputs(model, params: PyTree, model_state: dict, x: jax.Array,
                   batch_stats: str = "running") -> jax.Array:
-  """Model outputs for a curvature computation; batch-norm updates are discarded."""
+  """Model outputs for a curvature computation; batch-norm updates are discarded.
+
+  Args:
+    model: the flax module.
+    params: its parameters.
+    model_state: its other collections ({} for stateless models).
+    x: the inputs.
+    batch_stats: "running" (eval mode) or "batch" (each batch's own statistics).
+
+  Returns:
+    The outputs (logits).
+  """
   variables = {"params": params, **model_state}
   if batch_stats == "batch" and model_state:
     outputs, _ = model.apply(variables, x, train=True, mutable=list(model_state))
@@ -377,27 +509,53 @@ def _model_operator(kind: str, model, variables: dict, x, y, *, weights=None,
 def hessian_operator(model, variables: dict, x, y, **kwargs) -> LinearOperator:
   """Hessian of the (weighted) mean loss of `model` on (x, y) at `variables['params']`.
 
-  Keyword arguments:
-    weights: per-example weights [n] (default 1): the loss is sum w l / sum w.
-    batch_size: evaluate the dataset-averaged product in batches of this size
-      (a `lax.scan`; None = one batch). The result does not depend on it
-      (batch_stats="running").
-    batch_stats: "running" (default, eval-mode batch norm) or "batch" (see module doc).
-    subset: restrict to a parameter subset (see `resolve_subset`); the operator's
-      vectors are then {path: array} dicts of the selected parameters.
-    l2: add the Hessian of l2/2 |theta|^2 (the training objective's weight decay).
-    damping: add damping * I.
-    loss_fn: per-example loss (outputs, labels) -> [b]; default cross-entropy.
-    precision: matmul precision inside the product (None, "highest", ...).
-    mesh: split the batches over a device mesh ("auto": every local device; see module doc).
+  Args:
+    model: the flax module.
+    variables: its flax variables; the curvature is taken at variables['params'].
+    x: the inputs [n, ...].
+    y: the labels, integer [n] or soft [n, C].
+    **kwargs: the keyword options:
+      weights: per-example weights [n] (default 1): the loss is sum w l / sum w.
+      batch_size: evaluate the dataset-averaged product in batches of this size
+        (a `lax.scan`; None = one batch). The result does not depend on it
+        (batch_stats="running").
+      batch_stats: "running" (default, eval-mode batch norm) or "batch" (see module doc).
+      subset: restrict to a parameter subset (see `resolve_subset`); the operator's
+        vectors are then {path: array} dicts of the selected parameters.
+      l2: add the Hessian of l2/2 |theta|^2 (the training objective's weight decay).
+      damping: add damping * I.
+      loss_fn: per-example loss (outputs, labels) -> [b]; default cross-entropy.
+      precision: matmul precision inside the product (None, "highest", ...).
+      mesh: split the batches over a device mesh ("auto": every local device; see module doc).
+
+  Returns:
+    The LinearOperator on parameter pytrees (or {path: array} dicts with `subset`).
+
+  Raises:
+    ConfigError: an unknown batch_stats mode or precision, a subset that selects
+      nothing, a bad batch_size, or batch_stats="batch" with unequal batches.
+    ValueError: `variables` without 'params', or inconsistent data shapes.
   """
   return _model_operator("hessian", model, variables, x, y, **kwargs)
 
 
 def gauss_newton_operator(model, variables: dict, x, y, **kwargs) -> LinearOperator:
   """Generalised Gauss-Newton J^T H_loss J of the same objective (positive
-  semi-definite for convex losses such as cross-entropy). Same arguments as
-  `hessian_operator`."""
+  semi-definite for convex losses such as cross-entropy).
+
+  Args:
+    model: the flax module.
+    variables: its flax variables.
+    x: the inputs [n, ...].
+    y: the labels.
+    **kwargs: the keyword options of `hessian_operator`.
+
+  Returns:
+    The LinearOperator.
+
+  Raises:
+    ConfigError, ValueError: as `hessian_operator`.
+  """
   return _model_operator("ggn", model, variables, x, y, **kwargs)
 
 
@@ -416,8 +574,18 @@ def loss_hessian_operator(loss_fn: Callable[..., jax.Array], params: PyTree, *ar
                           precision: str | None = None) -> LinearOperator:
   """Hessian of an arbitrary scalar `loss_fn(params, *args)` (forward-over-reverse).
 
-  `loss_fn` must be hashable and stable (a module-level function) for compiled
-  algorithms to be reused across calls; `args` are traced arrays.
+  Args:
+    loss_fn: the loss, (params, *args) -> scalar. It must be hashable and stable (a
+      module-level function) for compiled algorithms to be reused across calls.
+    params: the point the Hessian is taken at.
+    *args: the loss's other arguments (traced arrays).
+    precision: matmul precision inside the product (None, "highest", ...).
+
+  Returns:
+    The LinearOperator on pytrees shaped like `params`.
+
+  Raises:
+    ConfigError: an unknown precision.
   """
   if precision not in PRECISIONS:
     raise ConfigError(f"Unknown matmul precision {precision!r}; expected one of {PRECISIONS}.")

@@ -35,6 +35,8 @@ from jax.flatten_util import ravel_pytree
 from ddjax.curvature.operators import LinearOperator, NonFiniteCurvatureError
 from ddjax.errors import ConfigError, DdjaxError
 
+__all__ = ["SOLVERS", "LissaDivergedError", "SolveResult", "cg", "check_solution", "lissa", "solve"]
+
 PyTree = Any
 SOLVERS = ("cg", "lissa")
 
@@ -44,6 +46,18 @@ class LissaDivergedError(FloatingPointError, DdjaxError):
 
 
 class SolveResult(NamedTuple):
+  """The outcome of `cg`, `lissa` or `solve` (with `solve(..., batched=True)` every
+  field has a leading right-hand-side axis).
+
+  Attributes:
+    x: the solution, shaped like the right-hand side.
+    num_iters: the products the iteration used.
+    residual_norm: |b - (A + damping I) x|.
+    rhs_norm: |b|.
+    converged: the tolerance was met.
+    negative_curvature: cg met p^T A p <= 0.
+    diverged: LiSSA's divergence test fired.
+  """
   x: PyTree                     # the solution, shaped like the right-hand side
   num_iters: jax.Array          # products used by the iteration
   residual_norm: jax.Array      # |b - (A + damping I) x|
@@ -68,6 +82,17 @@ def cg(op: LinearOperator, b: PyTree, *, damping: float | jax.Array = 0.0, tol: 
 
   Stops when |r| <= max(tol |b|, atol), after `maxiter` products, or on
   non-positive curvature p^T A p <= 0 (then x is the last iterate, not a solution).
+
+  Args:
+    op: the operator A.
+    b: the right-hand side, a pytree shaped like the operator's domain.
+    damping: added to every eigenvalue of A.
+    tol: the relative residual tolerance.
+    atol: the absolute residual tolerance.
+    maxiter: the most products.
+
+  Returns:
+    The SolveResult (device arrays; jittable, no checks).
   """
   matvec, b, unravel = _flat_system(op, b, damping)
   bnorm = jnp.linalg.norm(b)
@@ -104,6 +129,18 @@ def lissa(op: LinearOperator, b: PyTree, *, scale: float | jax.Array,
 
   Stops early once the series' last term is below `tol` times the iterate
   (|y_t - y_{t-1}| <= tol |y_t|), or when divergence is detected (see module doc).
+
+  Args:
+    op: the operator A.
+    b: the right-hand side, a pytree shaped like the operator's domain.
+    scale: the series' scale, above (lambda_max + damping) / 2.
+    damping: added to every eigenvalue of A.
+    depth: the most terms (products).
+    tol: the relative size of the last term that stops the series.
+    growth_limit: the factor over the convergent bound that counts as divergence.
+
+  Returns:
+    The SolveResult (device arrays; jittable, no checks).
   """
   matvec, b, unravel = _flat_system(op, b, damping)
   bnorm = jnp.linalg.norm(b)
@@ -140,7 +177,18 @@ def _solve(op, b, damping, scale, *, method, batched, maxiter, depth, tol, atol,
 
 def check_solution(result: SolveResult, method: str, *, scale: float | None = None,
                    damping: float = 0.0) -> None:
-  """Raises LissaDivergedError / NonFiniteCurvatureError for a failed solve."""
+  """Raises LissaDivergedError / NonFiniteCurvatureError for a failed solve.
+
+  Args:
+    result: the SolveResult (single or batched).
+    method: the solver's name, for the message.
+    scale: LiSSA's scale, for the message.
+    damping: the damping, for the message.
+
+  Raises:
+    LissaDivergedError: a right-hand side diverged.
+    NonFiniteCurvatureError: the solution holds NaN/inf.
+  """
   diverged = np.asarray(result.diverged)
   if np.any(diverged):
     which = np.flatnonzero(np.atleast_1d(diverged))
@@ -163,8 +211,27 @@ def solve(op: LinearOperator, b: PyTree, *, method: str = "cg", damping: float =
           growth_limit: float = 1.5) -> SolveResult:
   """Solves (A + damping I) x = b with `method` ("cg" or "lissa"), jitted.
 
-  `batched=True` treats the leading axis of b's leaves as independent right-hand
-  sides (vmapped). LiSSA needs `scale`. Raises on divergence or NaN.
+  Args:
+    op: the operator A.
+    b: the right-hand side, a pytree shaped like the operator's domain.
+    method: "cg" or "lissa".
+    damping: added to every eigenvalue of A.
+    scale: LiSSA's scale (required for "lissa").
+    batched: treat the leading axis of b's leaves as independent right-hand sides
+      (vmapped).
+    maxiter: cg's most products.
+    depth: LiSSA's most products.
+    tol: the relative tolerance (see `cg`, `lissa`).
+    atol: cg's absolute tolerance.
+    growth_limit: LiSSA's divergence factor.
+
+  Returns:
+    The SolveResult.
+
+  Raises:
+    ConfigError: an unknown method, or LiSSA without a positive scale.
+    LissaDivergedError: LiSSA diverged.
+    NonFiniteCurvatureError: the solution holds NaN/inf.
   """
   if method not in SOLVERS:
     raise ConfigError(f"Unknown solver {method!r}; expected one of {SOLVERS}.")

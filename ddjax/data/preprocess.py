@@ -26,6 +26,8 @@ import numpy as np
 
 from ddjax.errors import ConfigError
 
+__all__ = ["NORMALIZATION_CONSTANTS", "PREPROCESS_KINDS", "Preprocessor", "fit_preprocessor"]
+
 PREPROCESS_KINDS = ("standardize", "zca_kornia", "zca_reg", "none")
 
 # DC / MTT normalisation constants (mean, std) per channel.
@@ -41,6 +43,16 @@ NORMALIZATION_CONSTANTS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessor:
+  """A fitted, invertible map between [0, 1] images and model space (`fit_preprocessor`).
+
+  Attributes:
+    kind: one of PREPROCESS_KINDS.
+    mean: per-channel means [C] (standardize) or per-feature means [D] (zca_kornia).
+    std: per-channel standard deviations [C] (standardize).
+    whiten: the [D, D] whitening matrix (ZCA kinds), D = H * W * C.
+    unwhiten: its inverse [D, D] (ZCA kinds).
+  """
+
   kind: str
   mean: np.ndarray | None = None        # per-channel (standardize) or per-feature (zca_kornia)
   std: np.ndarray | None = None
@@ -48,7 +60,14 @@ class Preprocessor:
   unwhiten: np.ndarray | None = None    # [D, D]
 
   def apply(self, x):
-    """[N, H, W, C] images in [0, 1] -> model space. Works on numpy or jax arrays."""
+    """[N, H, W, C] images in [0, 1] -> model space. Works on numpy or jax arrays.
+
+    Args:
+      x: [N, H, W, C] images in [0, 1], numpy or jax.
+
+    Returns:
+      The preprocessed images, same shape, dtype and array type.
+    """
     xp = _array_module(x)
     if self.kind == "none":
       return x
@@ -63,7 +82,15 @@ class Preprocessor:
     return (flat @ xp.asarray(self.whiten, x.dtype)).reshape(x.shape)
 
   def invert(self, x):
-    """Model space -> [0, 1]-scale images, for display and pixel statistics."""
+    """Model space -> [0, 1]-scale images, for display and pixel statistics.
+
+    Args:
+      x: [N, H, W, C] images in model space, numpy or jax.
+
+    Returns:
+      The images on the [0, 1] pixel scale, same shape (zca_reg: each image rescaled
+      to exactly [0, 1], since its mean and norm were discarded).
+    """
     xp = _array_module(x)
     if self.kind == "none":
       return x
@@ -77,6 +104,11 @@ class Preprocessor:
     return ((flat - lo) / xp.maximum(hi - lo, 1e-12)).reshape(x.shape)
 
   def to_arrays(self) -> dict[str, np.ndarray]:
+    """The preprocessor as named arrays, for an .npz file (`from_arrays` reads them).
+
+    Returns:
+      {'preprocess_kind', and 'preprocess_<field>' for each field that is set}.
+    """
     out = {"preprocess_kind": np.asarray(self.kind)}
     for field in ("mean", "std", "whiten", "unwhiten"):
       value = getattr(self, field)
@@ -86,6 +118,14 @@ class Preprocessor:
 
   @classmethod
   def from_arrays(cls, arrays: Any) -> "Preprocessor":
+    """The preprocessor saved by `to_arrays`.
+
+    Args:
+      arrays: a mapping (dict, open .npz) holding the `to_arrays` entries.
+
+    Returns:
+      The Preprocessor.
+    """
     get = lambda k: np.asarray(arrays[f"preprocess_{k}"]) if f"preprocess_{k}" in arrays else None
     return cls(kind=str(arrays["preprocess_kind"]), mean=get("mean"), std=get("std"),
                whiten=get("whiten"), unwhiten=get("unwhiten"))
@@ -102,8 +142,22 @@ def fit_preprocessor(kind: str, x_train: np.ndarray, dataset_name: str | None = 
                      zca_strength: float = 0.1) -> Preprocessor:
   """Fits a preprocessor on [0, 1] train images [N, H, W, C].
 
-  `zca_strength` is kornia's eps for ``zca_kornia`` and the relative regulariser
-  (times the mean eigenvalue) for ``zca_reg``; both references use 0.1.
+  Args:
+    kind: one of PREPROCESS_KINDS.
+    x_train: the train images, [N, H, W, C] in [0, 1].
+    dataset_name: for ``standardize``, selects the published constants
+      (NORMALIZATION_CONSTANTS) when the dataset has them; other datasets use the
+      per-channel statistics of `x_train`.
+    zca_strength: kornia's eps for ``zca_kornia`` and the relative regulariser
+      (times the mean eigenvalue) for ``zca_reg``; both references use 0.1.
+
+  Returns:
+    The fitted Preprocessor (float32 statistics).
+
+  Raises:
+    ConfigError: an unknown kind, or published constants whose channel count differs
+      from the images'.
+    ValueError: `x_train` is not 4-D.
   """
   x_train = np.asarray(x_train)
   if x_train.ndim != 4:

@@ -8,6 +8,8 @@ import numpy as np
 
 from ddjax.errors import ConfigError
 
+__all__ = ["class_balanced_indices", "init_synthetic", "sample_class_balanced"]
+
 
 def class_balanced_indices(key: jax.Array, labels, n_per_class: int,
                            num_classes: int | None = None) -> np.ndarray:
@@ -15,6 +17,18 @@ def class_balanced_indices(key: jax.Array, labels, n_per_class: int,
 
   Deterministic given `key`; class c draws with `fold_in(key, c)`, so a larger
   n_per_class with the same key extends (nests) a smaller one.
+
+  Args:
+    key: the PRNG key.
+    labels: integer labels [N] (host or device array).
+    n_per_class: how many indices of each class (>= 0).
+    num_classes: the class count; None infers the largest label + 1.
+
+  Returns:
+    int64 [num_classes * n_per_class] row indices into `labels`, class 0's first.
+
+  Raises:
+    ConfigError: a negative n_per_class, or a class with fewer than n_per_class rows.
   """
   labels = np.asarray(labels)
   if num_classes is None:
@@ -32,7 +46,21 @@ def class_balanced_indices(key: jax.Array, labels, n_per_class: int,
 
 
 def sample_class_balanced(key: jax.Array, x, y, n_per_class: int, num_classes: int | None = None):
-  """(x[idx], y[idx]) for `class_balanced_indices`."""
+  """(x[idx], y[idx]) for `class_balanced_indices`.
+
+  Args:
+    key: the PRNG key.
+    x: the examples [N, ...].
+    y: their integer labels [N].
+    n_per_class: how many examples of each class.
+    num_classes: the class count; None infers it from `y`.
+
+  Returns:
+    (x, y) of the sample as numpy arrays, class-sorted.
+
+  Raises:
+    ConfigError: as `class_balanced_indices`.
+  """
   idx = class_balanced_indices(key, y, n_per_class, num_classes)
   return np.asarray(x)[idx], np.asarray(y)[idx]
 
@@ -41,8 +69,21 @@ def init_synthetic(key: jax.Array, x_real, y_real, ipc: int, num_classes: int,
                    init: str = "real") -> tuple[jax.Array, jax.Array]:
   """A class-sorted synthetic set of `ipc` images per class, in model space.
 
-  init="real": distinct real images per class (x_real must already be preprocessed);
-  init="noise": standard normal pixels, as DC's `torch.randn` init.
+  Args:
+    key: the PRNG key.
+    x_real: the real train images [N, H, W, C], already preprocessed.
+    y_real: their labels [N].
+    ipc: images per class.
+    num_classes: the class count.
+    init: "real" takes distinct real images of each class; "noise" draws standard
+      normal pixels, as DC's `torch.randn` init.
+
+  Returns:
+    (float32 images [num_classes * ipc, H, W, C], int32 labels [num_classes * ipc]),
+    class-sorted (class 0's ipc rows first).
+
+  Raises:
+    ConfigError: an unknown init, or a class with fewer than ipc real images.
   """
   labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), ipc)
   if init == "real":

@@ -15,8 +15,25 @@ METHODS = {"bptt": "ddjax.distill.bptt", "dc": "ddjax.distill.gm", "dsa": "ddjax
 
 def get_method(name: str):
   """The module implementing method `name` (bptt, dc, dsa, dm, mtt, kip; random = the
-  random-real baseline)."""
+  random-real baseline).
+
+  Args:
+    name: a key of METHODS.
+
+  Returns:
+    The imported method module (`init_state`, `distill_step`, maybe `load_aux`).
+
+  Raises:
+    ConfigError: an unknown method.
+  """
   if name not in METHODS:
     raise ConfigError(f"Unknown distillation method {name!r}; expected one of {sorted(METHODS)}.")
   return importlib.import_module(METHODS[name])
 from ddjax.distill.pretrained import available as available_pretrained, load_pretrained
+
+__all__ = [
+    "METHODS", "DistillState", "DistillationDiverged", "DistilledSet", "DistilledSetError",
+    "RealData", "available_pretrained", "check_finite", "get_method", "load_distilled",
+    "load_pretrained", "make_real_data", "sample_class_indices", "sample_per_class",
+    "save_distilled",
+]

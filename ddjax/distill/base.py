@@ -28,6 +28,9 @@ import numpy as np
 
 from ddjax import errors
 
+__all__ = ["DistillState", "DistillationDiverged", "RealData", "check_finite", "make_real_data",
+           "sample_class_indices", "sample_per_class"]
+
 PyTree = Any
 
 
@@ -38,7 +41,16 @@ class DistillationDiverged(FloatingPointError, errors.DdjaxError):
 @flax.struct.dataclass
 class RealData:
   """Preprocessed real train data on device, with a per-class index table for
-  class-conditional sampling inside jit."""
+  class-conditional sampling inside jit (`make_real_data` builds it).
+
+  Attributes:
+    x: [N, H, W, C] images in model space.
+    y: [N] int32 labels.
+    class_index: [num_classes, max_count] int32 rows of each class, padded by
+      repetition.
+    class_count: [num_classes] int32 images per class.
+    num_classes: the class count (static).
+  """
 
   x: jax.Array            # [N, H, W, C], model space
   y: jax.Array            # [N] int32
@@ -48,6 +60,19 @@ class RealData:
 
 
 def make_real_data(x, y, num_classes: int) -> RealData:
+  """Puts the real train split on device with its per-class index table.
+
+  Args:
+    x: preprocessed images [N, H, W, C].
+    y: integer labels [N].
+    num_classes: the class count.
+
+  Returns:
+    The RealData.
+
+  Raises:
+    ValueError: a class has no images.
+  """
   y_np = np.asarray(y)
   rows = [np.flatnonzero(y_np == c) for c in range(num_classes)]
   if any(len(r) == 0 for r in rows):
@@ -63,7 +88,17 @@ def make_real_data(x, y, num_classes: int) -> RealData:
 
 def sample_class_indices(key: jax.Array, real: RealData, c: jax.Array, n: int) -> jax.Array:
   """`n` distinct random indices of class `c` (DC's get_images: a permutation's
-  first n), jittable with traced `c`; needs n <= the class's count."""
+  first n), jittable with traced `c`; needs n <= the class's count.
+
+  Args:
+    key: the PRNG key.
+    real: the real data.
+    c: the class (may be traced).
+    n: how many indices (static).
+
+  Returns:
+    int32 [n] row indices into `real.x`.
+  """
   width = real.class_index.shape[1]
   scores = jax.random.uniform(key, (width,))
   # Padded (repeated) slots sort last, so the first n are distinct real rows.
@@ -73,7 +108,16 @@ def sample_class_indices(key: jax.Array, real: RealData, c: jax.Array, n: int) -
 
 
 def sample_per_class(key: jax.Array, real: RealData, n: int) -> tuple[jax.Array, jax.Array]:
-  """A real batch of n images of every class, class-sorted: ([C, n, H, W, C'], [C, n])."""
+  """A real batch of n images of every class, class-sorted: ([C, n, H, W, C'], [C, n]).
+
+  Args:
+    key: the PRNG key (split per class).
+    real: the real data.
+    n: images per class (at most the smallest class's count).
+
+  Returns:
+    (images [num_classes, n, H, W, C], labels [num_classes, n]).
+  """
   keys = jax.random.split(key, real.num_classes)
   idx = jax.vmap(lambda k, c: sample_class_indices(k, real, c, n))(keys, jnp.arange(real.num_classes))
   return real.x[idx], real.y[idx]
@@ -81,6 +125,16 @@ def sample_per_class(key: jax.Array, real: RealData, n: int) -> tuple[jax.Array,
 
 @flax.struct.dataclass
 class DistillState:
+  """A distillation run's state, a checkpointed pytree; fields as commented.
+
+  Attributes:
+    step: int32 scalar, outer iterations done.
+    images: [N, H, W, C] synthetic images, class-sorted, model space.
+    labels: [N] int32, or [N, num_classes] float32 when labels are learned.
+    lr: the learned synthetic lr (MTT); the fixed inner lr otherwise.
+    opt_state: the optimiser state of the learned quantities.
+    extra: method-specific state.
+  """
   step: jax.Array          # outer iterations done
   images: jax.Array        # [N, H, W, C] synthetic images, class-sorted, model space
   labels: jax.Array        # [N] int32, or [N, num_classes] float32 when labels are learned
@@ -90,7 +144,16 @@ class DistillState:
 
 
 def check_finite(state: DistillState, metrics: dict) -> None:
-  """Raises DistillationDiverged naming what went non-finite (host-side check)."""
+  """Raises DistillationDiverged naming what went non-finite (host-side check).
+
+  Args:
+    state: the DistillState after a step.
+    metrics: that step's metrics.
+
+  Raises:
+    DistillationDiverged: a float metric, the images, the lr or learned labels hold
+      NaN/inf.
+  """
   problems = []
   for name, value in metrics.items():
     arr = np.asarray(value)

@@ -33,15 +33,28 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ddjax import models, train
+from ddjax import models, optim, train
 from ddjax.data import sampling
 from ddjax.distill import base, labels as labels_lib, unroll
 from ddjax.errors import ConfigError
+
+__all__ = ["distill_step", "init_state", "inner_batches", "meta_loss", "sample_window_start"]
 
 PyTree = Any
 
 
 def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The method's hyperparameters.
+
+  Args:
+    config: a configs/distill/bptt.py config.
+
+  Returns:
+    config.bptt.
+
+  Raises:
+    ConfigError: the config lacks them.
+  """
   if "bptt" not in config:
     raise ConfigError("Config for method 'bptt' lacks its hyperparameters (config.bptt); build it "
                       "with configs/distill/bptt.py.")
@@ -49,12 +62,29 @@ def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def make_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The distillation network: config.model with config.model_kwargs.
+
+  Args:
+    config: the distillation config.
+    num_classes: the size of the head.
+
+  Returns:
+    The flax module.
+  """
   return models.get_model(config.model, num_classes, **config.model_kwargs)
 
 
 def check_stateless(variables: dict, method: str) -> None:
   """Unrolled methods differentiate a pure params -> logits map; batch statistics would
-  make every step depend on a second, mutable state."""
+  make every step depend on a second, mutable state.
+
+  Args:
+    variables: the model's initial variables.
+    method: the method's name, for the message.
+
+  Raises:
+    ConfigError: the variables hold collections besides 'params'.
+  """
   extra = sorted(set(variables) - {"params"})
   if extra:
     raise ConfigError(f"{method} needs a model without mutable state; this one has {extra} "
@@ -62,14 +92,26 @@ def check_stateless(variables: dict, method: str) -> None:
 
 
 def outer_optimizer(hp: ml_collections.ConfigDict, learn_labels: bool) -> optax.GradientTransformation:
-  """Global-norm clipping, then SGD-momentum (RTP) or Adam (RaT-BPTT) per learned array."""
+  """Global-norm clipping, then SGD-momentum (RTP) or Adam (RaT-BPTT) per learned array.
+
+  Args:
+    hp: config.bptt (optimizer, lr_img, lr_label, momentum_img, clip_norm).
+    learn_labels: also optimise 'labels' (with lr_label).
+
+  Returns:
+    The optax GradientTransformation on {'images'[, 'labels']}.
+
+  Raises:
+    ConfigError: an unknown optimizer.
+  """
+
+  if hp.optimizer not in optim.OPTIMIZERS:
+    raise ConfigError(f"Unknown config.bptt.optimizer {hp.optimizer!r}; expected 'sgd' or 'adam'.")
+
+  momentum = hp.momentum_img if hp.optimizer == "sgd" else 0.0  # SGD's only
 
   def make(lr):
-    if hp.optimizer == "sgd":
-      return train.sgd_momentum(lr, hp.momentum_img)
-    if hp.optimizer == "adam":
-      return optax.adam(lr)
-    raise ConfigError(f"Unknown config.bptt.optimizer {hp.optimizer!r}; expected 'sgd' or 'adam'.")
+    return optim.make(hp.optimizer, lr, momentum=momentum)
 
   transforms = {"images": make(hp.lr_img)}
   if learn_labels:
@@ -84,6 +126,16 @@ def inner_batches(key: jax.Array, num_steps: int, num_classes: int, ipc: int,
 
   Each step takes b distinct images of every class (RTP's n_per_c, RaT-BPTT's
   batch_per_class); b = 0 or b >= ipc means the whole set at every step.
+
+  Args:
+    key: the PRNG key.
+    num_steps: inner steps T.
+    num_classes: the class count.
+    ipc: images per class.
+    batch_per_class: b.
+
+  Returns:
+    int32 [T, num_classes * b] (or [T, num_classes * ipc]) row indices.
   """
   offsets = (jnp.arange(num_classes) * ipc)[:, None]
   if not batch_per_class or batch_per_class >= ipc:
@@ -94,7 +146,16 @@ def inner_batches(key: jax.Array, num_steps: int, num_classes: int, ipc: int,
 
 
 def sample_window_start(key: jax.Array, num_steps: int, window: int) -> jax.Array:
-  """c ~ U{0, ..., num_steps - window}: the RaT-BPTT random window start."""
+  """c ~ U{0, ..., num_steps - window}: the RaT-BPTT random window start.
+
+  Args:
+    key: the PRNG key.
+    num_steps: inner steps T.
+    window: the window length W.
+
+  Returns:
+    The int32 scalar c.
+  """
   return jax.random.randint(key, (), 0, num_steps - window + 1)
 
 
@@ -104,10 +165,28 @@ def meta_loss(model, learned: dict, row_labels: jax.Array, params0: PyTree, batc
               remat_policy: str = "nothing") -> tuple[jax.Array, dict]:
   """The outer loss after unrolled inner training, and diagnostics; differentiable in `learned`.
 
-  learned: {'images': [N, ...], optionally 'labels': [N, C] soft targets}; without
-  learned labels the inner loss uses the hard `row_labels`. batches: [T, b] row indices.
-  window = 0 differentiates all T steps; else `window_start` steps run without
-  gradients and the next `window` with them.
+  Args:
+    model: the flax module (stateless).
+    learned: {'images': [N, ...], optionally 'labels': [N, C] soft targets}; without
+      learned labels the inner loss uses the hard `row_labels`.
+    row_labels: the hard class of every row [N].
+    params0: the inner network's initial parameters.
+    batches: [T, b] row indices of the inner steps.
+    x_real: the real batch of the outer loss.
+    y_real: its labels.
+    lr: the inner learning rate.
+    momentum: the inner momentum.
+    window: 0 differentiates all T steps; else `window_start` steps run without
+      gradients and the next `window` with them.
+    window_start: c (may be traced).
+    remat: rematerialise each differentiated step.
+    remat_policy: see `unroll.REMAT_POLICIES`.
+
+  Returns:
+    (outer loss, {'inner_loss': the last inner step's loss, 'real_accuracy'}).
+
+  Raises:
+    ConfigError: window outside [1, T] (when not 0).
   """
   images = learned["images"]
   targets = learned.get("labels", row_labels)
@@ -136,6 +215,22 @@ def meta_loss(model, learned: dict, row_labels: jax.Array, params0: PyTree, batc
 
 def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.RealData,
                aux: Any = None) -> base.DistillState:
+  """The initial synthetic set (one-hot labels if learned) and the outer optimiser's state.
+
+  Args:
+    config: a configs/distill/bptt.py config.
+    key: the PRNG key of the initialisation.
+    real: the real train data.
+    aux: unused.
+
+  Returns:
+    The DistillState at step 0 (lr holds the inner lr).
+
+  Raises:
+    ConfigError: missing hyperparameters, a bad window or inner_steps, real_per_class
+      above the smallest class's count, a model with batch statistics, an unknown
+      init or optimizer.
+  """
   del aux
   hp = hparams(config)
   if hp.window < 0 or hp.window > hp.inner_steps:
@@ -162,7 +257,18 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.Rea
 
 def distill_step(config: ml_collections.ConfigDict, state: base.DistillState, key: jax.Array,
                  real: base.RealData, aux: Any = None) -> tuple[base.DistillState, dict]:
-  """One BPTT iteration: a fresh network, an unrolled inner run, one outer update."""
+  """One BPTT iteration: a fresh network, an unrolled inner run, one outer update.
+
+  Args:
+    config: the bptt config (bound by the driver).
+    state: the DistillState.
+    key: this iteration's PRNG key.
+    real: the real train data.
+    aux: unused.
+
+  Returns:
+    (new state, {'loss', 'grad_norm', 'window_start', 'inner_loss', 'real_accuracy'}).
+  """
   del aux
   hp = hparams(config)
   num_classes = real.num_classes

@@ -28,8 +28,21 @@ from ddjax.distill import base
 from ddjax.distill.gm import map_classes
 from ddjax.errors import ConfigError
 
+__all__ = ["distill_step", "init_state", "make_model", "matching_loss"]
+
 
 def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The method's hyperparameters.
+
+  Args:
+    config: a configs/distill/dm.py config.
+
+  Returns:
+    config.dm.
+
+  Raises:
+    ConfigError: the config lacks them.
+  """
   if "dm" not in config:
     raise ConfigError("Config for method 'dm' lacks its hyperparameters (config.dm); build it with "
                       "configs/distill/dm.py.")
@@ -37,10 +50,27 @@ def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def make_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The distillation network: config.model with config.model_kwargs.
+
+  Args:
+    config: the distillation config.
+    num_classes: the size of the head.
+
+  Returns:
+    The flax module.
+  """
   return models.get_model(config.model, num_classes, **config.model_kwargs)
 
 
 def image_optimizer(hp: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """torch.optim.SGD([images], lr_img, momentum_img).
+
+  Args:
+    hp: config.dm.
+
+  Returns:
+    The optax GradientTransformation (`train.sgd_momentum`).
+  """
   return train.sgd_momentum(hp.lr_img, hp.momentum_img)
 
 
@@ -57,7 +87,18 @@ def matching_loss(model, variables: dict, x_real: jax.Array, images: jax.Array, 
                   class_batch: int = 0) -> tuple[jax.Array, jax.Array]:
   """(sum_c loss_c, per-class losses [C]) for class-sorted `images`; differentiable in images.
 
-  x_real: [C, B, H, W, ch]; images: [C * ipc, H, W, ch].
+  Args:
+    model: the flax module (frozen).
+    variables: its variables; with 'batch_stats' the embeddings use batch statistics.
+    x_real: real images per class [C, B, H, W, ch].
+    images: the synthetic images [C * ipc, H, W, ch], class-sorted.
+    key: the PRNG key of the (Siamese) augmentation, split per class.
+    strategy: the DSA strategy ('none': no augmentation).
+    aug_params: DSA's parameters.
+    class_batch: classes per vmapped call (0: all; `gm.map_classes`).
+
+  Returns:
+    (sum_c loss_c, [C] loss_c), loss_c the squared distance of the mean embeddings.
   """
   num_classes = x_real.shape[0]
   x_syn = images.reshape((num_classes, -1) + images.shape[1:])
@@ -91,6 +132,21 @@ def matching_loss(model, variables: dict, x_real: jax.Array, images: jax.Array, 
 
 def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.RealData,
                aux: Any = None) -> base.DistillState:
+  """The initial synthetic set and the image optimiser's state.
+
+  Args:
+    config: a configs/distill/dm.py config.
+    key: the PRNG key of the initialisation.
+    real: the real train data.
+    aux: unused.
+
+  Returns:
+    The DistillState at step 0.
+
+  Raises:
+    ConfigError: missing hyperparameters, learn_labels, batch_real above the smallest class's
+      count, or a bad DSA strategy.
+  """
   del aux
   hp = hparams(config)
   if config.get("learn_labels", False):
@@ -109,7 +165,19 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.Rea
 
 def distill_step(config: ml_collections.ConfigDict, state: base.DistillState, key: jax.Array,
                  real: base.RealData, aux: Any = None) -> tuple[base.DistillState, dict]:
-  """One DM iteration: a fresh frozen network, one image update."""
+  """One DM iteration: a fresh frozen network, one image update.
+
+  Args:
+    config: the dm config (bound by the driver).
+    state: the DistillState.
+    key: this iteration's PRNG key.
+    real: the real train data.
+    aux: unused.
+
+  Returns:
+    (new state, {'loss': the summed matching loss / num_classes, as the reference
+    logs it}).
+  """
   del aux
   hp = hparams(config)
   model = make_model(config, real.num_classes)

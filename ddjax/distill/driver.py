@@ -33,11 +33,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
-from ddjax import augment, checkpoint, classifier, data, models, train, validation
+from ddjax import augment, checkpoint, classifier, data, models, progress_bar, train, validation
 from ddjax import workdir as workdir_lib
 from ddjax.distill import base, get_method, progress, synset
+
+__all__ = [
+    "DISTILLED_FILE", "Evaluator", "GRID_FILE", "PROGRESS_FILE", "RESULTS_FILE",
+    "RESUMABLE_FIELDS", "eval_model_kwargs", "iteration_key", "learned_lr", "load_data",
+    "prng_keys", "run_distillation",
+]
 
 RESULTS_FILE = "results.json"
 DISTILLED_FILE = "distilled.npz"
@@ -49,7 +54,18 @@ PROGRESS_FILE = "progress.png"
 
 
 def load_data(config: ml_collections.ConfigDict) -> tuple[data.ImageDataset, data.Preprocessor]:
-  """The config's dataset in model space (optionally `train_per_class` / `eval.test_per_class`)."""
+  """The config's dataset in model space (optionally `train_per_class` / `eval.test_per_class`).
+
+  Args:
+    config: a distillation config (dataset, data_dir, preprocess, seed, ...).
+
+  Returns:
+    (dataset with preprocessed images, the fitted Preprocessor), as
+    `classifier.load_preprocessed`.
+
+  Raises:
+    DatasetError, ConfigError: as `classifier.load_preprocessed`.
+  """
   view = ml_collections.ConfigDict({
       "dataset": config.dataset, "data_dir": config.get("data_dir"),
       "preprocess": config.preprocess, "seed": config.seed,
@@ -62,7 +78,14 @@ def load_data(config: ml_collections.ConfigDict) -> tuple[data.ImageDataset, dat
 
 
 def eval_model_kwargs(config: ml_collections.ConfigDict) -> dict:
-  """`config.eval.model_kwargs` if set; else the distillation net's when the names match."""
+  """`config.eval.model_kwargs` if set; else the distillation net's when the names match.
+
+  Args:
+    config: a distillation config.
+
+  Returns:
+    The evaluation model's fields ({} for another architecture's defaults).
+  """
   kwargs = config.eval.get("model_kwargs")
   if kwargs is not None:
     return dict(kwargs)
@@ -103,6 +126,15 @@ class Evaluator:
   no augmentation. DC protocol (if `eval.dc_protocol`): `eval.dc_epochs` epochs of
   `evaluate_dc_protocol` with the given lr and `eval.dc_augment` DSA (per-sample).
   The jitted functions are built once, so periodic evaluations do not recompile.
+
+  Args:
+    config: a distillation config (its `eval` section).
+    num_classes: the class count.
+    x_test: the test images, in model space.
+    y_test: the test labels.
+
+  Raises:
+    ValueError: eval.num_seeds < 1.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int, x_test, y_test):
@@ -125,7 +157,17 @@ class Evaluator:
     return np.concatenate([np.asarray(c) for c in chunks])
 
   def __call__(self, key: jax.Array, images, labels, dc_lr: float | None = None) -> dict[str, Any]:
-    """{'protocol_a_mean', 'protocol_a_std', 'protocol_a_all', and the same for 'dc_'}."""
+    """{'protocol_a_mean', 'protocol_a_std', 'protocol_a_all', and the same for 'dc_'}.
+
+    Args:
+      key: the evaluation key; split into one key per seed.
+      images: the synthetic images [N, H, W, C].
+      labels: their labels.
+      dc_lr: the DC protocol's lr (default config.eval.dc_lr).
+
+    Returns:
+      The accuracies over seeds (mean, std, and all), plus 'dc_lr' with the DC protocol.
+    """
     keys = jax.random.split(key, self.num_seeds)
     images, labels = jnp.asarray(images), jnp.asarray(labels)
     out: dict[str, Any] = {}
@@ -143,7 +185,15 @@ class Evaluator:
 
 
 def learned_lr(method, state: base.DistillState) -> float | None:
-  """The state's lr, if the method learns it (module attribute `LEARNS_LR = True`)."""
+  """The state's lr, if the method learns it (module attribute `LEARNS_LR = True`).
+
+  Args:
+    method: the method module.
+    state: its DistillState.
+
+  Returns:
+    The learned lr as a float, or None (not learned, or not a scalar).
+  """
   if getattr(method, "LEARNS_LR", False):
     return float(np.asarray(state.lr).reshape(-1)[0]) if np.size(state.lr) == 1 else None
   return None
@@ -153,6 +203,15 @@ def learned_lr(method, state: base.DistillState) -> float | None:
 
 
 def class_sorted(images, labels) -> tuple[np.ndarray, np.ndarray]:
+  """Images and labels stably sorted by (hard) class.
+
+  Args:
+    images: [N, H, W, C].
+    labels: [N] or [N, C] (argmax).
+
+  Returns:
+    (float32 images, labels), reordered.
+  """
   images, labels = np.asarray(images, np.float32), np.asarray(labels)
   hard = labels if labels.ndim == 1 else np.argmax(labels, -1)
   order = np.argsort(hard, kind="stable")
@@ -161,7 +220,18 @@ def class_sorted(images, labels) -> tuple[np.ndarray, np.ndarray]:
 
 def save_grid(path: str, images: np.ndarray, labels: np.ndarray, preprocessor: data.Preprocessor,
               max_per_class: int = 50) -> str:
-  """A PNG grid, one row per class, of the images mapped back to [0, 1] pixels."""
+  """A PNG grid, one row per class, of the images mapped back to [0, 1] pixels.
+
+  Args:
+    path: the PNG to write.
+    images: [N, H, W, C] in model space.
+    labels: [N] or [N, C].
+    preprocessor: maps the images back to pixels.
+    max_per_class: images shown per class.
+
+  Returns:
+    `path`.
+  """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   pixels = np.clip(np.asarray(preprocessor.invert(np.asarray(images, np.float32))), 0.0, 1.0)
   hard = labels if labels.ndim == 1 else np.argmax(labels, -1)
@@ -194,14 +264,29 @@ def _config_dict(config: ml_collections.ConfigDict) -> dict:
 
 def prng_keys(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   """The run's keys, all from `config.seed`: 'init' (the synthetic set), 'step' (fold in
-  the iteration for each `distill_step`) and 'eval' (the same networks at every eval)."""
+  the iteration for each `distill_step`) and 'eval' (the same networks at every eval).
+
+  Args:
+    config: a distillation config.
+
+  Returns:
+    {'init', 'step', 'eval'}: PRNG keys.
+  """
   root = jax.random.PRNGKey(config.seed)
   return {name: jax.random.fold_in(root, i)
           for i, name in ((10, "init"), (11, "step"), (12, "eval"))}
 
 
 def iteration_key(config: ml_collections.ConfigDict, iteration: int) -> jax.Array:
-  """The key of `distill_step` number `iteration` (0-based), the same on resume."""
+  """The key of `distill_step` number `iteration` (0-based), the same on resume.
+
+  Args:
+    config: a distillation config.
+    iteration: the 0-based iteration.
+
+  Returns:
+    fold_in(prng_keys(config)['step'], iteration).
+  """
   return jax.random.fold_in(prng_keys(config)["step"], iteration)
 
 
@@ -226,6 +311,10 @@ def run_distillation(config: ml_collections.ConfigDict, workdir: str, *,
 
   Returns:
     The results written to results.json.
+
+  Raises:
+    DdjaxError: a bad config, dataset, checkpoint or workdir (one-line message), or
+      DistillationDiverged.
   """
   validation.check_config(config)
   checkpoint.check_restore_mode(restore)
@@ -261,7 +350,6 @@ def _run_distillation(config: ml_collections.ConfigDict, workdir: str, method,
   start = int(state.step)
   if restored_step is not None:
     logging.info("Resumed from checkpoint at iteration %d in %s", start, ckpt.directory)
-    print(f"Resumed from checkpoint at iteration {start}", flush=True)
 
   evaluator = Evaluator(config, ds.num_classes, ds.x_test, ds.y_test)
   step_fn = jax.jit(functools.partial(method.distill_step, config), donate_argnums=(0,))
@@ -337,8 +425,8 @@ def _run_distillation(config: ml_collections.ConfigDict, workdir: str, method,
       # when there are no iterations, as for the random-real baseline).
       eval_result = evaluate(state, 0)
       clock["since"] = time.time()
-    with tqdm(total=total, initial=min(start, total), desc=f"distill {config.method}",
-              unit="it", disable=not config.get("progress", True)) as bar:
+    with progress_bar.bar(total=total, initial=min(start, total), desc=f"distill {config.method}",
+                          unit="it", enabled=config.get("progress", True)) as bar:
       for it in range(start, total if stop_reason is None else start):
         state, metrics = step_fn(state, jax.random.fold_in(keys["step"], it), real, aux)
         done = it + 1

@@ -37,6 +37,9 @@ from ddjax.data import sampling
 from ddjax.distill import base
 from ddjax.errors import ConfigError
 
+__all__ = ["LOOPS", "METRICS", "class_match_loss", "distill_step", "get_loops", "init_state",
+           "match_distance", "matching_loss_and_grad"]
+
 PyTree = Any
 METRICS = ("ours", "mse", "cos")
 
@@ -45,7 +48,17 @@ LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: 
 
 
 def get_loops(ipc: int) -> tuple[int, int]:
-  """The reference (outer_loop, inner_loop) for `ipc`."""
+  """The reference (outer_loop, inner_loop) for `ipc`.
+
+  Args:
+    ipc: images per class.
+
+  Returns:
+    LOOPS[ipc].
+
+  Raises:
+    ConfigError: the reference defines no loops for this ipc.
+  """
   if ipc not in LOOPS:
     raise ConfigError(f"DC/DSA define (outer_loop, inner_loop) only for IPC {sorted(LOOPS)}, not "
                       f"{ipc}; set config.<method>.outer_loop and .inner_loop explicitly.")
@@ -53,6 +66,17 @@ def get_loops(ipc: int) -> tuple[int, int]:
 
 
 def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The method's hyperparameters, config.dc or config.dsa (as config.method names).
+
+  Args:
+    config: a configs/distill/dc.py or dsa.py config.
+
+  Returns:
+    config.<method>.
+
+  Raises:
+    ConfigError: another method, or the config lacks them.
+  """
   if config.method not in ("dc", "dsa"):
     raise ConfigError(f"ddjax.distill.gm implements 'dc' and 'dsa', not {config.method!r}.")
   if config.method not in config:
@@ -76,6 +100,13 @@ def layer_distance(g_real: jax.Array, g_syn: jax.Array) -> jax.Array:
 
   Flax kernels keep the output channel last (HWIO convs, [in, out] dense), where
   PyTorch keeps it first; the per-output-channel grouping is the same.
+
+  Args:
+    g_real: one parameter's gradient on the real batch.
+    g_syn: the same parameter's gradient on the synthetic batch.
+
+  Returns:
+    The scalar distance.
   """
   if g_real.ndim <= 1:
     return jnp.zeros((), g_real.dtype)
@@ -86,7 +117,20 @@ def layer_distance(g_real: jax.Array, g_syn: jax.Array) -> jax.Array:
 
 
 def match_distance(g_real: PyTree, g_syn: PyTree, metric: str = "ours") -> jax.Array:
-  """The reference `match_loss` between two gradient pytrees."""
+  """The reference `match_loss` between two gradient pytrees.
+
+  Args:
+    g_real: the gradients on the real batch.
+    g_syn: the gradients on the synthetic batch, same structure.
+    metric: "ours" (layer-wise `layer_distance`), "mse" or "cos" (on the
+      concatenated vectors).
+
+  Returns:
+    The scalar distance.
+
+  Raises:
+    ConfigError: an unknown metric.
+  """
   real_leaves = jax.tree_util.tree_leaves(g_real)
   syn_leaves = jax.tree_util.tree_leaves(g_syn)
   if metric == "ours":
@@ -104,11 +148,29 @@ def match_distance(g_real: PyTree, g_syn: PyTree, metric: str = "ours") -> jax.A
 
 
 def make_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The distillation network: config.model with config.model_kwargs.
+
+  Args:
+    config: the distillation config.
+    num_classes: the size of the head.
+
+  Returns:
+    The flax module.
+  """
   return models.get_model(config.model, num_classes, **config.model_kwargs)
 
 
 def map_classes(fn, args: tuple, class_batch: int):
-  """fn over the leading (class) axis: one vmap, or `lax.map` in chunks to bound memory."""
+  """fn over the leading (class) axis: one vmap, or `lax.map` in chunks to bound memory.
+
+  Args:
+    fn: the per-class function of the unpacked `args`.
+    args: a tuple of arrays with a leading class axis.
+    class_batch: classes per vmapped call (<= 0 or >= C: all at once).
+
+  Returns:
+    fn's outputs stacked over classes.
+  """
   num_classes = jax.tree_util.tree_leaves(args)[0].shape[0]
   if class_batch <= 0 or class_batch >= num_classes:
     return jax.vmap(lambda a: fn(*a))(args)
@@ -116,6 +178,14 @@ def map_classes(fn, args: tuple, class_batch: int):
 
 
 def dsa_params(hp: ml_collections.ConfigDict) -> augment.DSAParams:
+  """DSA's parameters for the method (align_corners, default False).
+
+  Args:
+    hp: config.dc or config.dsa.
+
+  Returns:
+    The DSAParams.
+  """
   return augment.DSAParams(align_corners=bool(hp.get("align_corners", False)))
 
 
@@ -123,7 +193,23 @@ def class_match_loss(model, params: PyTree, model_state: dict, x_real: jax.Array
                      x_syn: jax.Array, label: jax.Array, key: jax.Array, *, metric: str = "ours",
                      strategy: str = "none",
                      aug_params: augment.DSAParams = augment.DSAParams()) -> jax.Array:
-  """D(grad CE(real batch), grad CE(syn batch)) for one class; differentiable in x_syn."""
+  """D(grad CE(real batch), grad CE(syn batch)) for one class; differentiable in x_syn.
+
+  Args:
+    model: the flax module.
+    params: the network's parameters (the gradients are taken with respect to them).
+    model_state: its other collections (used in eval mode).
+    x_real: the class's real batch [B, H, W, ch].
+    x_syn: the class's synthetic images [ipc, H, W, ch].
+    label: the class.
+    key: the Siamese augmentation key (the same transform for both batches).
+    metric: the distance (`match_distance`).
+    strategy: the DSA strategy ('none': no augmentation).
+    aug_params: DSA's parameters.
+
+  Returns:
+    The scalar distance.
+  """
   if augment.parse_strategy(strategy):
     # Siamese: the same key, hence the same transform, for both batches.
     x_real = augment.dsa(key, x_real, strategy, siamese=True, params=aug_params)
@@ -144,8 +230,23 @@ def matching_loss_and_grad(model, params: PyTree, model_state: dict, x_real: jax
                            ) -> tuple[jax.Array, jax.Array]:
   """Per-class losses [C] and d(sum_c loss_c)/d images, for class-sorted images.
 
-  x_real: [C, B, H, W, ch]; images: [C * ipc, H, W, ch]. Class c's synthetic images
-  only enter loss_c, so the per-class gradients are the blocks of the total gradient.
+  Class c's synthetic images only enter loss_c, so the per-class gradients are the
+  blocks of the total gradient.
+
+  Args:
+    model: the flax module.
+    params: the network's parameters.
+    model_state: its other collections.
+    x_real: real images per class [C, B, H, W, ch].
+    images: the synthetic images [C * ipc, H, W, ch], class-sorted.
+    key: the augmentation key, split per class.
+    metric: the distance (`match_distance`).
+    strategy: the DSA strategy.
+    aug_params: DSA's parameters.
+    class_batch: classes per vmapped call (0: all).
+
+  Returns:
+    (losses [C], gradient with respect to `images`, shaped like it).
   """
   num_classes = x_real.shape[0]
   x_syn = images.reshape((num_classes, -1) + images.shape[1:])
@@ -162,7 +263,14 @@ def matching_loss_and_grad(model, params: PyTree, model_state: dict, x_real: jax
 
 
 def image_optimizer(hp: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """torch.optim.SGD([images], lr_img, momentum)."""
+  """torch.optim.SGD([images], lr_img, momentum).
+
+  Args:
+    hp: config.dc or config.dsa.
+
+  Returns:
+    The optax GradientTransformation (`train.sgd_momentum`).
+  """
   return train.sgd_momentum(hp.lr_img, hp.momentum_img)
 
 
@@ -180,6 +288,21 @@ def _freeze_batch_stats(model, params, model_state, key, real: base.RealData, pe
 
 def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.RealData,
                aux: Any = None) -> base.DistillState:
+  """The initial synthetic set, lr_net and the image optimiser's state.
+
+  Args:
+    config: a configs/distill/dc.py or dsa.py config.
+    key: the PRNG key of the initialisation.
+    real: the real train data.
+    aux: unused.
+
+  Returns:
+    The DistillState at step 0.
+
+  Raises:
+    ConfigError: missing hyperparameters, learn_labels, batch_real above the smallest class's
+      count, bad loops, an unknown dis_metric or DSA strategy.
+  """
   del aux
   hp = hparams(config)
   if config.get("learn_labels", False):
@@ -205,7 +328,19 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.Rea
 
 def distill_step(config: ml_collections.ConfigDict, state: base.DistillState, key: jax.Array,
                  real: base.RealData, aux: Any = None) -> tuple[base.DistillState, dict]:
-  """One DC iteration: a fresh network, `outer_loop` image updates, inner training between."""
+  """One DC iteration: a fresh network, `outer_loop` image updates, inner training between.
+
+  Args:
+    config: the dc/dsa config (bound by the driver).
+    state: the DistillState.
+    key: this iteration's PRNG key.
+    real: the real train data.
+    aux: unused.
+
+  Returns:
+    (new state, {'loss': the mean over outer loops of the summed class losses /
+    num_classes, 'loss_last': the last outer loop's}).
+  """
   del aux
   hp = hparams(config)
   model = make_model(config, real.num_classes)

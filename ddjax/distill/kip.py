@@ -39,14 +39,29 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from ddjax import optim
 from ddjax.data import sampling
 from ddjax.distill import base, labels as labels_lib, ntk
+
+__all__ = ["KERNEL_IMPLS", "blocked", "centred_one_hot", "convnet_ntk", "distill_step",
+           "init_state", "krr_loss", "krr_predict", "make_kernel"]
 
 KernelFn = Callable[[jax.Array, jax.Array | None], jax.Array]  # (x1, x2) -> NTK [n1, n2]
 KERNEL_IMPLS = ("ddjax", "neural_tangents")
 
 
 def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The method's hyperparameters.
+
+  Args:
+    config: a configs/distill/kip.py config.
+
+  Returns:
+    config.kip.
+
+  Raises:
+    ValueError: the config lacks them.
+  """
   if "kip" not in config:
     raise ValueError("Config for method 'kip' lacks its hyperparameters (config.kip); build it "
                      "with configs/distill/kip.py.")
@@ -65,6 +80,17 @@ def _neural_tangents():
 
 
 def kernel_impl(hp: ml_collections.ConfigDict) -> str:
+  """The configured NTK implementation.
+
+  Args:
+    hp: config.kip.
+
+  Returns:
+    hp.kernel_impl (default "ddjax").
+
+  Raises:
+    ValueError: not one of KERNEL_IMPLS.
+  """
   impl = hp.get("kernel_impl", "ddjax")
   if impl not in KERNEL_IMPLS:
     raise ValueError(f"config.kip.kernel_impl must be one of {KERNEL_IMPLS}, got {impl!r}.")
@@ -76,7 +102,20 @@ def convnet_ntk(depth: int = 3, pooling: bool = True, w_std: float = 2.0 ** 0.5,
                 b_std: float = 0.1, num_outputs: int = 10, impl: str = "ddjax") -> KernelFn:
   """The infinite-width KIP ConvNet's NTK: (x1, x2) -> [n1, n2] (x2=None: x1 with itself).
 
-  impl: "ddjax" (`ddjax.distill.ntk`) or "neural_tangents" (the reference, imported here).
+  Args:
+    depth: conv layers.
+    pooling: a 2x2 average pool after every conv.
+    w_std: the weights' standard deviation (NTK parameterisation).
+    b_std: the biases' standard deviation.
+    num_outputs: the dense head's width (the kernel does not depend on it).
+    impl: "ddjax" (`ddjax.distill.ntk`) or "neural_tangents" (the reference, imported here).
+
+  Returns:
+    The kernel function (cached per arguments).
+
+  Raises:
+    ValueError: an unknown impl.
+    ImportError: neural-tangents is requested but cannot be imported.
   """
   if impl == "ddjax":
     return ntk.convnet_kernel_fn(depth, pooling, w_std, b_std, num_outputs, get="ntk")
@@ -99,6 +138,13 @@ def blocked(kernel: KernelFn, block: int) -> KernelFn:
   The pooled conv NTK's intermediates grow with n1 * n2 * (H * W)^2; tiling bounds them to
   one tile in the forward and in the backward pass. Ragged ends are padded by repeating
   the first image and cropped.
+
+  Args:
+    kernel: (x1, x2) -> [n1, n2].
+    block: images per tile side; 0 returns `kernel` itself.
+
+  Returns:
+    The tiled kernel, with the same values.
   """
   if not block:
     return kernel
@@ -121,13 +167,32 @@ def blocked(kernel: KernelFn, block: int) -> KernelFn:
 
 
 def make_kernel(hp: ml_collections.ConfigDict, num_classes: int) -> KernelFn:
+  """The configured NTK: `convnet_ntk` of config.kip, tiled by kernel_block.
+
+  Args:
+    hp: config.kip.
+    num_classes: the output width.
+
+  Returns:
+    The kernel function (x1, x2=None) -> [n1, n2].
+  """
   kernel = convnet_ntk(int(hp.depth), bool(hp.pooling), float(hp.w_std), float(hp.b_std),
                        int(num_classes), kernel_impl(hp))
   return blocked(kernel, int(hp.get("kernel_block", 0) or 0))
 
 
 def krr_predict(k_ts: jax.Array, k_ss: jax.Array, y_s: jax.Array, reg: float) -> jax.Array:
-  """K_ts (K_ss + lambda I)^-1 y_s with lambda = reg * tr(K_ss) / n (a Cholesky solve)."""
+  """K_ts (K_ss + lambda I)^-1 y_s with lambda = reg * tr(K_ss) / n (a Cholesky solve).
+
+  Args:
+    k_ts: target-support kernel [m, n].
+    k_ss: support kernel [n, n].
+    y_s: support targets [n, C].
+    reg: the relative ridge.
+
+  Returns:
+    The predictions [m, C].
+  """
   n = k_ss.shape[0]
   lam = reg * jnp.trace(k_ss) / n
   alpha = jax.scipy.linalg.solve(k_ss + lam * jnp.eye(n, dtype=k_ss.dtype), y_s, assume_a="pos")
@@ -136,7 +201,19 @@ def krr_predict(k_ts: jax.Array, k_ss: jax.Array, y_s: jax.Array, reg: float) ->
 
 def krr_loss(kernel: KernelFn, x_s: jax.Array, y_s: jax.Array, x_t: jax.Array, y_t: jax.Array,
              reg: float) -> tuple[jax.Array, jax.Array]:
-  """(0.5 * mean squared error of the KRR prediction on the target, target accuracy)."""
+  """(0.5 * mean squared error of the KRR prediction on the target, target accuracy).
+
+  Args:
+    kernel: the NTK function.
+    x_s: support (synthetic) images [n, ...].
+    y_s: support targets [n, C] (centred one-hot).
+    x_t: target (real) images [m, ...].
+    y_t: target targets [m, C].
+    reg: the relative ridge.
+
+  Returns:
+    (loss, accuracy of the prediction's argmax against y_t's).
+  """
   prediction = krr_predict(kernel(x_t, x_s), kernel(x_s, None), y_s, reg)
   loss = 0.5 * jnp.mean((prediction - y_t) ** 2)
   accuracy = jnp.mean(jnp.argmax(prediction, -1) == jnp.argmax(y_t, -1))
@@ -144,18 +221,51 @@ def krr_loss(kernel: KernelFn, x_s: jax.Array, y_s: jax.Array, x_t: jax.Array, y
 
 
 def centred_one_hot(labels: jax.Array, num_classes: int) -> jax.Array:
-  """KIP's regression targets: one-hot minus 1/C (also for soft labels in one-hot space)."""
+  """KIP's regression targets: one-hot minus 1/C (also for soft labels in one-hot space).
+
+  Args:
+    labels: integer [N] or soft [N, C] labels.
+    num_classes: C.
+
+  Returns:
+    [N, C] targets.
+  """
   if labels.ndim == 1:
     labels = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
   return labels - 1.0 / num_classes
 
 
 def optimizer(hp: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return optax.adam(hp.lr)
+  """Adam(lr) on the support images (and labels).
+
+  Args:
+    hp: config.kip.
+
+  Returns:
+    `optim.make("adam", hp.lr)`.
+  """
+  return optim.make("adam", hp.lr)
 
 
 def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.RealData,
                aux: Any = None) -> base.DistillState:
+  """The initial support set (one-hot labels if learned) and Adam's state.
+
+  Args:
+    config: a configs/distill/kip.py config.
+    key: the PRNG key of the initialisation.
+    real: the real train data.
+    aux: unused.
+
+  Returns:
+    The DistillState at step 0.
+
+  Raises:
+    ValueError: missing hyperparameters, target_per_class above the smallest class's
+      count, reg <= 0, or an unknown kernel_impl.
+    ImportError: kernel_impl="neural_tangents" without a working neural-tangents.
+    ConfigError: an unknown init.
+  """
   del aux
   hp = hparams(config)
   smallest = int(jnp.min(real.class_count))
@@ -179,7 +289,18 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.Rea
 
 def distill_step(config: ml_collections.ConfigDict, state: base.DistillState, key: jax.Array,
                  real: base.RealData, aux: Any = None) -> tuple[base.DistillState, dict]:
-  """One KIP iteration: a real target batch, the KRR loss, one Adam step."""
+  """One KIP iteration: a real target batch, the KRR loss, one Adam step.
+
+  Args:
+    config: the kip config (bound by the driver).
+    state: the DistillState.
+    key: this iteration's PRNG key.
+    real: the real train data.
+    aux: unused.
+
+  Returns:
+    (new state, {'loss', 'target_accuracy', 'grad_norm'}).
+  """
   del aux
   hp = hparams(config)
   num_classes = real.num_classes

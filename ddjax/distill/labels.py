@@ -11,11 +11,24 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+__all__ = ["ARGMAX_MARGIN", "keep_class_argmax", "row_classes"]
+
 ARGMAX_MARGIN = 1e-3
 
 
 def row_classes(num_rows: int, num_classes: int) -> jax.Array:
-  """The class of every row of a class-sorted set of `num_rows` rows: [num_rows] int32."""
+  """The class of every row of a class-sorted set of `num_rows` rows: [num_rows] int32.
+
+  Args:
+    num_rows: the set's size, a multiple of num_classes.
+    num_classes: the class count.
+
+  Returns:
+    [num_rows] int32: row i is of class i // (num_rows // num_classes).
+
+  Raises:
+    ValueError: num_rows is not a multiple of num_classes.
+  """
   if num_rows % num_classes:
     raise ValueError(f"A class-sorted synthetic set needs the same number of rows per class; "
                      f"{num_rows} rows do not split into {num_classes} classes.")
@@ -25,8 +38,14 @@ def row_classes(num_rows: int, num_classes: int) -> jax.Array:
 def keep_class_argmax(labels: jax.Array, margin: float = ARGMAX_MARGIN) -> jax.Array:
   """Raises each row's own-class entry to at least (best other entry + margin).
 
-  labels: [N, C] float, class-sorted (row i of class i // (N // C)). Rows whose own
-  class already leads by the margin are unchanged.
+  Rows whose own class already leads by the margin are unchanged.
+
+  Args:
+    labels: [N, C] float, class-sorted (row i of class i // (N // C)).
+    margin: the lead the own class must have.
+
+  Returns:
+    The projected labels [N, C].
   """
   num_rows, num_classes = labels.shape
   own = jax.nn.one_hot(row_classes(num_rows, num_classes), num_classes, dtype=bool)

@@ -21,8 +21,6 @@ activations x syn_steps (MTT#21: the reference's memory grows linearly with the 
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax
 import jax
 import jax.numpy as jnp
@@ -36,16 +34,34 @@ from ddjax.distill import base, unroll
 from ddjax.distill.bptt import check_stateless
 from ddjax.errors import ConfigError
 
+__all__ = ["ExpertTrajectories", "LEARNS_LR", "distill_step", "init_state", "load_aux",
+           "matching_loss", "student_batches"]
+
 LEARNS_LR = True  # the driver evaluates with state.lr and writes it to the distilled set
 
 
 @flax.struct.dataclass
 class ExpertTrajectories:
-  """Flat expert parameters [num_experts, num_snapshots, P] on device (host-side aux)."""
+  """Flat expert parameters [num_experts, num_snapshots, P] on device (host-side aux).
+
+  Attributes:
+    params: float32 [num_experts, num_snapshots, P], in `ravel_pytree` order.
+  """
   params: jax.Array
 
 
 def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The method's hyperparameters.
+
+  Args:
+    config: a configs/distill/mtt.py config.
+
+  Returns:
+    config.mtt.
+
+  Raises:
+    ConfigError: the config lacks them.
+  """
   if "mtt" not in config:
     raise ConfigError("Config for method 'mtt' lacks its hyperparameters (config.mtt); build it "
                       "with configs/distill/mtt.py.")
@@ -53,16 +69,45 @@ def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def make_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The distillation network: config.model with config.model_kwargs.
+
+  Args:
+    config: the distillation config.
+    num_classes: the size of the head.
+
+  Returns:
+    The flax module.
+  """
   return models.get_model(config.model, num_classes, **config.model_kwargs)
 
 
 def buffer_dir(config: ml_collections.ConfigDict) -> str:
+  """The expert buffer: config.mtt.buffer_dir, else `experts.default_buffer_dir`.
+
+  Args:
+    config: a configs/distill/mtt.py config.
+
+  Returns:
+    The buffer directory.
+  """
   return config.mtt.get("buffer_dir") or experts.default_buffer_dir(config.dataset,
                                                                     config.preprocess)
 
 
 def load_aux(config: ml_collections.ConfigDict) -> ExpertTrajectories:
-  """Loads the expert buffer, checked against this run's dataset, preprocessing and model."""
+  """Loads the expert buffer, checked against this run's dataset, preprocessing and model.
+
+  Args:
+    config: a configs/distill/mtt.py config.
+
+  Returns:
+    The ExpertTrajectories: the first num_experts experts (0: all), each cut to
+    max_start_epoch + expert_epochs snapshots.
+
+  Raises:
+    ConfigError: max_start_epoch or expert_epochs below 1.
+    ExpertBufferError: no buffer, one trained for another run, or too short.
+  """
   hp = hparams(config)
   if hp.max_start_epoch < 1 or hp.expert_epochs < 1:
     raise ConfigError(f"config.mtt.max_start_epoch ({hp.max_start_epoch}) and expert_epochs "
@@ -78,15 +123,47 @@ def load_aux(config: ml_collections.ConfigDict) -> ExpertTrajectories:
 
 
 def image_optimizer(hp) -> optax.GradientTransformation:
+  """torch.optim.SGD([images], lr_img, momentum).
+
+  Args:
+    hp: config.mtt.
+
+  Returns:
+    The optax GradientTransformation.
+  """
   return train.sgd_momentum(hp.lr_img, hp.momentum)
 
 
 def lr_optimizer(hp) -> optax.GradientTransformation:
+  """torch.optim.SGD([syn_lr], lr_lr, momentum).
+
+  Args:
+    hp: config.mtt.
+
+  Returns:
+    The optax GradientTransformation.
+  """
   return train.sgd_momentum(hp.lr_lr, hp.momentum)
 
 
 def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.RealData,
                aux: ExpertTrajectories | None = None) -> base.DistillState:
+  """The initial synthetic set, syn_lr = lr_teacher, and both optimisers' states.
+
+  Args:
+    config: a configs/distill/mtt.py config.
+    key: the PRNG key of the initialisation.
+    real: the real train data.
+    aux: the ExpertTrajectories, checked against the model if given.
+
+  Returns:
+    The DistillState at step 0.
+
+  Raises:
+    ConfigError: missing hyperparameters, learn_labels, a model with batch
+      statistics, trajectories of another size or too short, a bad batch_syn, or a
+      bad DSA strategy.
+  """
   hp = hparams(config)
   if config.learn_labels:
     raise ConfigError("MTT trains students on hard labels; config.learn_labels must be False.")
@@ -121,6 +198,15 @@ def student_batches(key: jax.Array, num_images: int, syn_steps: int, batch_syn: 
   The reference pops `batch_syn`-chunks of a permutation and draws a new permutation
   when it runs out; here chunks run across permutation boundaries when batch_syn does
   not divide the set (static shapes), so a batch may repeat an image then.
+
+  Args:
+    key: the PRNG key.
+    num_images: the synthetic set's size.
+    syn_steps: student steps.
+    batch_syn: images per step.
+
+  Returns:
+    int32 [syn_steps, batch_syn] row indices.
   """
   num_perms = -(-syn_steps * batch_syn // num_images)
   keys = jax.random.split(key, num_perms)
@@ -134,7 +220,25 @@ def matching_loss(model, unravel, images: jax.Array, labels: jax.Array, lr: jax.
                   remat: bool = True, remat_policy: str = "nothing") -> jax.Array:
   """||theta_T - target||^2 / ||start - target||^2 after len(batches) student steps from `start`.
 
-  start, target: flat parameters [P]; differentiable in images and lr.
+  Differentiable in images and lr.
+
+  Args:
+    model: the flax module (stateless).
+    unravel: flat [P] -> params (`experts.unravel_fn`).
+    images: the synthetic images [N, H, W, C].
+    labels: their labels [N].
+    lr: the student's learning rate (syn_lr).
+    start: the expert's flat parameters at the start epoch [P].
+    target: the expert's flat parameters expert_epochs later [P].
+    batches: [T, b] row indices of the student steps.
+    key: the augmentation key (split per step).
+    dsa_strategy: per-sample DSA ('none': no augmentation).
+    dsa_params: DSA's parameters.
+    remat: rematerialise each student step.
+    remat_policy: see `unroll.REMAT_POLICIES`.
+
+  Returns:
+    The scalar normalised parameter distance.
   """
   aug = augment.make_augment_fn(dsa_strategy, siamese=False, params=dsa_params)
   step_keys = jax.random.split(key, batches.shape[0])
@@ -154,7 +258,22 @@ def matching_loss(model, unravel, images: jax.Array, labels: jax.Array, lr: jax.
 
 def distill_step(config: ml_collections.ConfigDict, state: base.DistillState, key: jax.Array,
                  real: base.RealData, aux: ExpertTrajectories) -> tuple[base.DistillState, dict]:
-  """One MTT iteration: a random expert segment, an unrolled student, one update."""
+  """One MTT iteration: a random expert segment, an unrolled student, one update.
+
+  Args:
+    config: the mtt config (bound by the driver).
+    state: the DistillState.
+    key: this iteration's PRNG key.
+    real: the real train data.
+    aux: the ExpertTrajectories (`load_aux`).
+
+  Returns:
+    (new state, {'loss', 'syn_lr' (before the update), 'start_epoch',
+    'grad_norm_images'}).
+
+  Raises:
+    ValueError: `aux` is None.
+  """
   hp = hparams(config)
   if aux is None:
     raise ValueError("MTT's distill_step needs the expert trajectories (aux = load_aux(config)).")

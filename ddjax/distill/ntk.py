@@ -110,7 +110,15 @@ def _angle_jvp(primals, tangents):
 def relu_kernel(c: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
   """ReLU's (E[relu(z) relu(z')], E[relu'(z) relu'(z')]) for centred Gaussians (z, z') of
   covariance c and product of variances q (elementwise): with s = sqrt(q - c^2) and the
-  angle t = atan2(s, c), (s / (2 pi) + (1/2 - t / (2 pi)) c, 1/2 - t / (2 pi))."""
+  angle t = atan2(s, c), (s / (2 pi) + (1/2 - t / (2 pi)) c, 1/2 - t / (2 pi)).
+
+  Args:
+    c: the covariances, any shape.
+    q: the products of the two variances, same shape.
+
+  Returns:
+    (the ReLU output covariance, the derivative kernel), both shaped like `c`.
+  """
   s = _sqrt_above(q - c * c, q)
   dot = 0.5 - _angle(s, c) / (2 * math.pi)
   return s / (2 * math.pi) + dot * c, dot
@@ -225,6 +233,10 @@ def convnet_kernel_fn(depth: int = 3, pooling: bool = True, w_std: float = 2.0 *
   Returns:
     kernel_fn(x1, x2=None) for NHWC images x1 [n1, H, W, C], x2 [n2, H, W, C] (None: x1
     with itself) -> [n1, n2] (or a tuple of them, per `get`).
+
+  Raises:
+    ValueError: depth < 1, an unknown `get`, or pooling with full_spatial=False (and,
+      from kernel_fn, images that are not NHWC of one shape).
   """
   del num_outputs
   if depth < 1:

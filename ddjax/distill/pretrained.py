@@ -28,18 +28,37 @@ from typing import Any
 from ddjax import integrity
 from ddjax.distill import synset
 
+__all__ = ["MANIFEST", "VERSION", "available", "entry_name", "install", "load_pretrained",
+           "pretrained_path", "read_manifest", "set_dir", "summary_table"]
+
 VERSION = "v1"
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained_sets")
 MANIFEST = "manifest.json"
 
 
 def set_dir(version: str = VERSION) -> str:
-  """The directory of one version of the shipped sets."""
+  """The directory of one version of the shipped sets.
+
+  Args:
+    version: the version (default VERSION).
+
+  Returns:
+    ddjax/distill/pretrained_sets/<version>.
+  """
   return os.path.join(ROOT, version)
 
 
 def entry_name(dataset: str, method: str, ipc: int) -> str:
-  """The manifest key and relative file stem of an entry: `<dataset>/<method>_ipc<ipc>`."""
+  """The manifest key and relative file stem of an entry: `<dataset>/<method>_ipc<ipc>`.
+
+  Args:
+    dataset: the dataset name.
+    method: the method (or entry method) name.
+    ipc: images per class.
+
+  Returns:
+    The entry name.
+  """
   return f"{dataset}/{method}_ipc{int(ipc)}"
 
 
@@ -51,6 +70,9 @@ def read_manifest(directory: str | None = None) -> dict[str, Any]:
 
   Returns:
     {"version": str, "entries": {entry_name: record}}.
+
+  Raises:
+    DistilledSetError: the manifest is not valid JSON.
   """
   path = os.path.join(directory or set_dir(), MANIFEST)
   if not os.path.exists(path):
@@ -63,7 +85,14 @@ def read_manifest(directory: str | None = None) -> dict[str, Any]:
 
 
 def available(directory: str | None = None) -> list[tuple[str, str, int]]:
-  """(dataset, method, ipc) of every shipped set, sorted."""
+  """(dataset, method, ipc) of every shipped set, sorted.
+
+  Args:
+    directory: a set directory; None for the shipped version.
+
+  Returns:
+    The sorted (dataset, method, ipc) tuples of the manifest's entries.
+  """
   entries = read_manifest(directory)["entries"]
   return sorted((r["dataset"], r["method"], int(r["ipc"])) for r in entries.values())
 
@@ -85,6 +114,15 @@ def _entry(dataset: str, method: str, ipc: int,
 
 def pretrained_path(dataset: str, method: str, ipc: int, directory: str | None = None) -> str:
   """The .npz path of a shipped set (checked against the manifest, not loaded).
+
+  Args:
+    dataset: the dataset name.
+    method: the method (entry) name.
+    ipc: images per class.
+    directory: a set directory; None for the shipped version.
+
+  Returns:
+    The path of the entry's .npz file (which may be missing).
 
   Raises:
     DistilledSetError: no such entry in the manifest (the message lists what is shipped).

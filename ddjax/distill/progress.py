@@ -26,6 +26,8 @@ import numpy as np
 from ddjax import errors
 from ddjax.data.preprocess import Preprocessor
 
+__all__ = ["image_correlation", "load_snapshots", "pick_iterations", "plateau_check"]
+
 SNAPSHOT_DIR = "snapshots"
 
 
@@ -41,6 +43,9 @@ def image_correlation(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
   Returns:
     [N] float64 correlations; a constant image gets correlation 0.
+
+  Raises:
+    ValueError: the sets differ in shape.
   """
   a = np.asarray(images, np.float64).reshape(len(images), -1)
   b = np.asarray(reference, np.float64).reshape(len(reference), -1)
@@ -70,6 +75,9 @@ def plateau_check(history: Sequence[dict[str, Any]], min_gain: float, fraction: 
     {"reached": bool, "gain": float | None, "iteration": newest iteration,
      "reference_iteration": the iteration the gain is measured from (None if there is
      no evaluation at or before (1 - fraction) * iteration, or the test is off)}.
+
+  Raises:
+    ConfigError: fraction outside (0, 1).
   """
   if not 0.0 < fraction < 1.0:
     raise errors.ConfigError(f"plateau fraction must be in (0, 1), got {fraction}.")
@@ -92,11 +100,29 @@ def plateau_check(history: Sequence[dict[str, Any]], min_gain: float, fraction: 
 
 
 def snapshot_path(workdir: str, iteration: int) -> str:
+  """Where the snapshot of `iteration` is kept.
+
+  Args:
+    workdir: the run's directory.
+    iteration: the iteration.
+
+  Returns:
+    <workdir>/snapshots/iteration_<7 digits>.npy.
+  """
   return os.path.join(workdir, SNAPSHOT_DIR, f"iteration_{int(iteration):07d}.npy")
 
 
 def save_snapshot(workdir: str, iteration: int, images: np.ndarray) -> str:
-  """Writes the synthetic images at `iteration` (atomically) for the progress figure."""
+  """Writes the synthetic images at `iteration` (atomically) for the progress figure.
+
+  Args:
+    workdir: the run's directory.
+    iteration: the iteration.
+    images: the synthetic images [N, H, W, C] (saved as float32).
+
+  Returns:
+    The snapshot's path.
+  """
   path = snapshot_path(workdir, iteration)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp.npy"
@@ -106,7 +132,14 @@ def save_snapshot(workdir: str, iteration: int, images: np.ndarray) -> str:
 
 
 def load_snapshots(workdir: str) -> dict[int, np.ndarray]:
-  """Every saved snapshot of a workdir, by iteration."""
+  """Every saved snapshot of a workdir, by iteration.
+
+  Args:
+    workdir: the run's directory.
+
+  Returns:
+    {iteration: images} ({} when there are none).
+  """
   folder = os.path.join(workdir, SNAPSHOT_DIR)
   if not os.path.isdir(folder):
     return {}
@@ -118,7 +151,15 @@ def load_snapshots(workdir: str) -> dict[int, np.ndarray]:
 
 
 def pick_iterations(iterations: Sequence[int], count: int = 5) -> list[int]:
-  """`count` iterations spread over the run, always the first and the last."""
+  """`count` iterations spread over the run, always the first and the last.
+
+  Args:
+    iterations: the available iterations (any order, duplicates allowed).
+    count: how many to pick.
+
+  Returns:
+    At most `count` distinct iterations, ascending (all of them if there are fewer).
+  """
   its = sorted(set(int(i) for i in iterations))
   if len(its) <= count:
     return its

@@ -17,9 +17,22 @@ import ml_collections
 from ddjax.data import sampling
 from ddjax.distill import base
 
+__all__ = ["distill_step", "init_state"]
+
 
 def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.RealData,
                aux: Any = None) -> base.DistillState:
+  """The class-balanced real subset `init='real'` would start from.
+
+  Args:
+    config: a configs/distill/random.py config (ipc, eval.dc_lr).
+    key: the PRNG key of the initialisation.
+    real: the real train data.
+    aux: unused (the method has no `load_aux`).
+
+  Returns:
+    The DistillState at step 0.
+  """
   del aux
   images, labels = sampling.init_synthetic(key, real.x, real.y, config.ipc, real.num_classes,
                                            "real")
@@ -29,5 +42,17 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, real: base.Rea
 
 def distill_step(config: ml_collections.ConfigDict, state: base.DistillState, key: jax.Array,
                  real: base.RealData, aux: Any = None) -> tuple[base.DistillState, dict]:
+  """Counts an iteration and changes nothing: the baseline is not distilled.
+
+  Args:
+    config: unused.
+    state: the DistillState.
+    key: unused.
+    real: unused.
+    aux: unused.
+
+  Returns:
+    (the state with step + 1, no metrics).
+  """
   del config, key, real, aux
   return state.replace(step=state.step + 1), {}

@@ -20,6 +20,8 @@ import numpy as np
 from ddjax import errors, integrity
 from ddjax.data.preprocess import Preprocessor
 
+__all__ = ["DistilledSet", "DistilledSetError", "load_distilled", "save_distilled"]
+
 FORMAT_VERSION = 2
 
 
@@ -29,6 +31,20 @@ class DistilledSetError(ValueError, errors.DdjaxError):
 
 @dataclasses.dataclass(frozen=True)
 class DistilledSet:
+  """A distilled set with what is needed to use it (the contents of the .npz file).
+
+  Attributes:
+    images: [N, H, W, C] images in model space, class-sorted.
+    labels: [N] int labels, or [N, C] soft labels whose argmax is the row's class.
+    method: the distillation method.
+    dataset: the dataset it was distilled from.
+    ipc: images per class.
+    num_classes: the class count.
+    preprocessor: maps [0, 1] pixels to the images' space (`invert` maps back).
+    learned_lr: the learned training lr (MTT), else None.
+    config: the distillation config, as a dict.
+  """
+
   images: np.ndarray
   labels: np.ndarray
   method: str
@@ -41,11 +57,23 @@ class DistilledSet:
 
   @property
   def hard_labels(self) -> np.ndarray:
+    """[N] int labels (the argmax of soft labels)."""
     return self.labels if self.labels.ndim == 1 else np.argmax(self.labels, -1).astype(np.int32)
 
 
 def save_distilled(path: str, dset: DistilledSet) -> str:
-  """Writes atomically (a temp file, then rename), so a crash never leaves half a file."""
+  """Writes atomically (a temp file, then rename), so a crash never leaves half a file.
+
+  Args:
+    path: the .npz file to write (its directory is created).
+    dset: the set; validated first.
+
+  Returns:
+    `path`.
+
+  Raises:
+    DistilledSetError: the set is malformed (shapes, NaN, labels, counts, order).
+  """
   _validate(dset, path)
   meta = {"method": dset.method, "dataset": dset.dataset, "ipc": int(dset.ipc),
           "num_classes": int(dset.num_classes), "learned_lr": dset.learned_lr,
@@ -109,7 +137,20 @@ def _validate(dset: DistilledSet, path: str) -> None:
 
 def load_distilled(path: str, num_classes: int | None = None,
                    image_shape: tuple[int, ...] | None = None) -> DistilledSet:
-  """Loads and validates a distilled set; optionally checks it fits a dataset."""
+  """Loads and validates a distilled set; optionally checks it fits a dataset.
+
+  Args:
+    path: the .npz file.
+    num_classes: if given, the class count the set must have.
+    image_shape: if given, the (H, W, C) its images must have.
+
+  Returns:
+    The DistilledSet (float32 images).
+
+  Raises:
+    DistilledSetError: the file is missing, unreadable, fails its checksum, is
+      malformed, or does not fit `num_classes` / `image_shape`.
+  """
   if not os.path.exists(path):
     raise DistilledSetError(f"Distilled-set file not found: {path}")
   try:

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 
 from ddjax.errors import ConfigError
 
+__all__ = ["REMAT_POLICIES", "sgd_unroll"]
+
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree], jax.Array]  # (params, batch) -> scalar loss
 
@@ -38,7 +40,19 @@ REMAT_POLICIES = {
 
 def sgd_step(loss_fn: LossFn, params: PyTree, velocity: PyTree | None, batch: PyTree,
              lr: jax.Array, momentum: float = 0.0) -> tuple[tuple[PyTree, PyTree | None], jax.Array]:
-  """One SGD step; returns ((params, velocity), pre-step loss). velocity is None iff momentum == 0."""
+  """One SGD step; returns ((params, velocity), pre-step loss). velocity is None iff momentum == 0.
+
+  Args:
+    loss_fn: (params, batch) -> scalar loss.
+    params: the parameters.
+    velocity: the momentum buffer, None without momentum.
+    batch: this step's batch (any pytree).
+    lr: the learning rate.
+    momentum: the momentum (0: plain SGD).
+
+  Returns:
+    ((new params, new velocity), the loss before the step).
+  """
   loss, grads = jax.value_and_grad(loss_fn)(params, batch)
   if momentum:
     velocity = jax.tree_util.tree_map(lambda v, g: momentum * v + g, velocity, grads)
@@ -55,9 +69,25 @@ def sgd_unroll(loss_fn: LossFn, params: PyTree, batches: PyTree, lr: jax.Array, 
                ) -> tuple[tuple[PyTree, PyTree | None], jax.Array]:
   """Unrolls `len(batches)` SGD steps as a scan; returns ((params, velocity), losses [T]).
 
-  `velocity` defaults to zeros when momentum > 0 (a fresh optimiser) and must be None
-  when momentum == 0. `remat_policy` names what a rematerialised step may keep besides
-  its carry (see REMAT_POLICIES); `unroll` is `lax.scan`'s.
+  Args:
+    loss_fn: (params, batch) -> scalar loss.
+    params: the initial parameters.
+    batches: a pytree whose leaves have a leading step axis T.
+    lr: the learning rate (may be traced and differentiated).
+    momentum: the momentum (0: plain SGD).
+    velocity: the initial momentum buffer; defaults to zeros when momentum > 0 (a
+      fresh optimiser) and must be None when momentum == 0.
+    remat: wrap each step in `jax.checkpoint`.
+    remat_policy: what a rematerialised step may keep besides its carry (see
+      REMAT_POLICIES).
+    unroll: `lax.scan`'s unroll.
+
+  Returns:
+    ((final params, final velocity), pre-step losses [T]).
+
+  Raises:
+    ValueError: a velocity with momentum == 0.
+    ConfigError: an unknown remat_policy.
   """
   if momentum and velocity is None:
     velocity = jax.tree_util.tree_map(jnp.zeros_like, params)
@@ -84,6 +114,18 @@ def sgd_run(loss_fn: LossFn, params: PyTree, velocity: PyTree | None, batches: P
   cannot enter a while loop, so `loss_fn` must close over stop-gradiented data only
   (jax raises if a differentiated value reaches the loop); params, velocity and lr
   are stop-gradiented here.
+
+  Args:
+    loss_fn: (params, batch) -> scalar loss.
+    params: the initial parameters.
+    velocity: the initial momentum buffer (None without momentum).
+    batches: a pytree whose leaves have a leading step axis.
+    num_steps: how many leading rows to run (may be traced).
+    lr: the learning rate.
+    momentum: the momentum.
+
+  Returns:
+    (params, velocity) after the steps.
   """
   params, velocity = jax.lax.stop_gradient((params, velocity))
 

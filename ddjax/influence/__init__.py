@@ -1,5 +1,6 @@
 """What each training (distilled) point influences: exact leave-one-out by batched
-retraining, influence-function approximations, and their comparison (E8).
+retraining, influence-function approximations, and their comparison (the paper's
+section 5, Fig. 10).
 
     loo = influence.loo_influence(model, variables, x_syn, y_syn, x_test, y_test)
     approx = influence.influence_functions(model, loo.variables_all, x_syn, y_syn,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+__all__ = ["compare_influence", "pearson", "spearman", "topk_overlap"]
+
 
 def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -16,7 +18,18 @@ def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pearson(a, b) -> float:
-  """Pearson correlation of all entries."""
+  """Pearson correlation of all entries.
+
+  Args:
+    a: an array.
+    b: an array of the same shape.
+
+  Returns:
+    The correlation (nan when either is constant).
+
+  Raises:
+    ValueError: different shapes, or non-finite entries.
+  """
   a, b = _pair(a, b)
   a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
   denom = np.linalg.norm(a) * np.linalg.norm(b)
@@ -24,7 +37,18 @@ def pearson(a, b) -> float:
 
 
 def spearman(a, b) -> float:
-  """Spearman rank correlation of all entries (average ranks for ties)."""
+  """Spearman rank correlation of all entries (average ranks for ties).
+
+  Args:
+    a: an array.
+    b: an array of the same shape.
+
+  Returns:
+    The rank correlation.
+
+  Raises:
+    ValueError: different shapes, or non-finite entries.
+  """
   a, b = _pair(a, b)
   return pearson(stats.rankdata(a.ravel()), stats.rankdata(b.ravel()))
 
@@ -33,6 +57,17 @@ def topk_overlap(approx, exact, k: int = 9) -> float:
   """Mean over rows (training points) of |top-k(approx row) & top-k(exact row)| / k.
 
   k = 9 is the paper's figure: the 9 test images most influenced by a distilled image.
+
+  Args:
+    approx: the approximate influence [n_train, n_test] (or one row).
+    exact: the exact influence, same shape.
+    k: the number of top entries per row.
+
+  Returns:
+    The mean overlap fraction in [0, 1].
+
+  Raises:
+    ValueError: different shapes, non-finite entries, or k outside [1, n_test].
   """
   a, b = _pair(approx, exact)
   a, b = np.atleast_2d(a), np.atleast_2d(b)
@@ -44,7 +79,19 @@ def topk_overlap(approx, exact, k: int = 9) -> float:
 
 
 def compare_influence(approx, exact, k: int = 9) -> dict[str, float]:
-  """Pearson and Spearman over all entries, their means over rows, and top-k overlap."""
+  """Pearson and Spearman over all entries, their means over rows, and top-k overlap.
+
+  Args:
+    approx: the approximate influence [n_train, n_test].
+    exact: the exact (leave-one-out) influence, same shape.
+    k: the top-k of `topk_overlap`.
+
+  Returns:
+    {'pearson', 'spearman', 'pearson_row_mean', 'spearman_row_mean', 'top<k>_overlap'}.
+
+  Raises:
+    ValueError: as `topk_overlap`.
+  """
   a, b = _pair(approx, exact)
   rows = [(pearson(x, y), spearman(x, y)) for x, y in zip(np.atleast_2d(a), np.atleast_2d(b))]
   return {"pearson": pearson(a, b), "spearman": spearman(a, b),

@@ -19,7 +19,7 @@ with g = per-example loss gradients at the trained parameters and H the Hessian
 * "direct": a dense (H + damping I) and a float64 solve: exact, for small models only.
 * "identity": H = I, the plain gradient dot product (a TracIn-like baseline).
 
-Caveats (anchors_jax.md §4.1): protocol A stops far from a minimum, so H is
+Caveats: protocol A stops far from a minimum, so H is
 indefinite and the Newton-step model is rough; influence functions then
 approximate the proximal Bregman response rather than leave-one-out (Bae et al.
 2022). Compare against the exact LOO with `compare.compare_influence`.
@@ -38,6 +38,9 @@ from jax.flatten_util import ravel_pytree
 
 from ddjax import curvature
 from ddjax.errors import ConfigError
+
+__all__ = ["CURVATURES", "METHODS", "InfluenceResult", "influence_functions",
+           "per_example_grads", "project_gradients"]
 
 PyTree = Any
 METHODS = ("cg", "lissa", "arnoldi", "direct", "identity")
@@ -59,6 +62,16 @@ def per_example_grads(model, variables: dict, x, y, *, chunk_size: int | None = 
   """Gradients of each example's loss: a pytree shaped like the params with a leading n.
 
   All n at once (vmap), or `chunk_size` at a time to bound memory.
+
+  Args:
+    model: the flax module (static).
+    variables: its flax variables (other collections used in eval mode).
+    x: the inputs [n, ...].
+    y: the labels.
+    chunk_size: examples per vmapped call (None: all).
+
+  Returns:
+    The gradients, shaped like the params with a leading n axis.
   """
   params, state = _split(variables)
   grad = jax.grad(lambda p, xi, yi: _losses(model, p, state, xi[None], yi[None])[0])
@@ -75,6 +88,17 @@ def project_gradients(model, variables: dict, x, y, vectors: PyTree, *,
 
   One forward-mode pass (a JVP of the per-example losses) per vector, over the
   data in batches of `batch_size`.
+
+  Args:
+    model: the flax module (static).
+    variables: its flax variables.
+    x: the inputs [n, ...].
+    y: the labels.
+    vectors: r parameter-shaped vectors stacked on a leading axis.
+    batch_size: examples per JVP (None: all).
+
+  Returns:
+    The [r, n] projections.
   """
   params, state = _split(variables)
   batches = curvature.make_batches(x, y, batch_size)
@@ -90,6 +114,13 @@ def project_gradients(model, variables: dict, x, y, vectors: PyTree, *,
 
 @dataclasses.dataclass(frozen=True)
 class InfluenceResult:
+  """An influence approximation (`influence_functions`).
+
+  Attributes:
+    influence: [n_rows, n_test] predicted loss change when point i is removed.
+    method: the method used.
+    info: diagnostics (iterations, residuals, eigenvalues, ...), JSON-ready.
+  """
   influence: np.ndarray  # [n_train, n_test], predicted loss change when point i is removed
   method: str
   info: dict
@@ -112,14 +143,23 @@ def influence_functions(model, variables: dict, x, y, x_test, y_test, *, method:
   """Predicted leave-one-out influence [n_train, n_test] at the trained `variables`.
 
   Args:
+    model: the flax module.
+    variables: its trained flax variables.
+    x: the training (distilled) points [n, ...].
+    y: their labels.
+    x_test: the test inputs.
+    y_test: the test labels.
     method: one of METHODS (see module doc).
     curvature_kind: "hessian" or "ggn" (Gauss-Newton, positive semi-definite).
     damping: absolute damping added to the curvature (all methods but "identity").
     l2: the training objective's weight decay (its Hessian l2 * I joins H; the
       test losses and per-example gradients exclude it, as they should).
     key: PRNG key for Lanczos ("arnoldi") and the LiSSA scale estimate.
+    cg_maxiter: CG's most products per solve.
+    cg_tol: the relative tolerance of CG (and of LiSSA's stopping rule).
     lissa_scale: LiSSA's scale; default 1.5 * (|lambda|_max + damping) from 30
       power iterations, so that the damped spectrum / scale lies in (0, 2).
+    lissa_depth: LiSSA's most terms.
     arnoldi_rank, arnoldi_iters: eigenpairs kept, and Lanczos steps (default
       max(3 * rank, 30)).
     batch_size: batch size of the curvature products over the training set.
@@ -127,6 +167,15 @@ def influence_functions(model, variables: dict, x, y, x_test, y_test, *, method:
     rows: indices of the training points whose influence rows are wanted (default
       all); the curvature and the 1/n still use every training point, so each row
       equals that row of the full matrix, at the cost of len(rows) solves.
+
+  Returns:
+    The InfluenceResult ([len(rows), n_test]).
+
+  Raises:
+    ConfigError: an unknown method or curvature, or (arnoldi) no eigenvalue plus
+      damping above 0.
+    ValueError: bad rows.
+    NonFiniteCurvatureError, LissaDivergedError: a failed curvature product or solve.
   """
   if method not in METHODS:
     raise ConfigError(f"Unknown influence method {method!r}; expected one of {METHODS}.")

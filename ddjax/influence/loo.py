@@ -1,4 +1,5 @@
-"""Exact leave-one-out influence by retraining, as one batched computation (E8).
+"""Exact leave-one-out influence by retraining, as one batched computation (the paper's
+section 5, Fig. 10).
 
 The paper retrains protocol A (300 full-batch SGD steps, lr 0.01, momentum 0.9)
 from one fixed initialisation n + 1 times: once without each of the n training
@@ -32,11 +33,24 @@ import numpy as np
 from ddjax import parallel, train
 from ddjax.errors import ConfigError
 
+__all__ = ["LOOResult", "loo_influence", "loo_masks", "loo_retrain"]
+
 PyTree = Any
 
 
 def loo_masks(n: int, dtype=jnp.float32) -> jax.Array:
-  """[n + 1, n] weights: row i < n drops point i; the last row keeps every point."""
+  """[n + 1, n] weights: row i < n drops point i; the last row keeps every point.
+
+  Args:
+    n: the number of training points (>= 2).
+    dtype: the weights' dtype.
+
+  Returns:
+    The [n + 1, n] 0/1 weight masks.
+
+  Raises:
+    ConfigError: n < 2.
+  """
   if n < 2:
     raise ConfigError(f"Leave-one-out needs at least 2 training points, got {n}.")
   return (1 - jnp.eye(n + 1, n)).astype(dtype)
@@ -44,6 +58,17 @@ def loo_masks(n: int, dtype=jnp.float32) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class LOOResult:
+  """Exact leave-one-out results (`loo_influence`).
+
+  Attributes:
+    influence: [n_train, n_test], loss_without[i] - loss_all: positive when point i
+      helps test point t.
+    loss_all: [n_test] per-example test loss of the model trained on all points.
+    loss_without: [n_train, n_test] the same without each point.
+    accuracy_all: test accuracy of the model trained on all points.
+    accuracy_without: [n_train] test accuracy without each point.
+    variables_all: the model trained on all points.
+  """
   influence: np.ndarray       # [n_train, n_test]: loss_without_i - loss_all
   loss_all: np.ndarray        # [n_test] per-example test loss of the model trained on all points
   loss_without: np.ndarray    # [n_train, n_test]
@@ -93,12 +118,35 @@ def loo_retrain(model, variables: dict, x, y, x_test, y_test, *, masks=None, num
 
   (torch-style SGD with momentum; `weight_decay` is 0 in the paper.)
 
-  Returns (final variables stacked over runs, per-example test losses
-  [runs, n_test], test accuracies [runs]). All runs are one jitted call: a vmap,
-  or a `lax.map` over chunks of `chunk_size` vmapped runs to bound memory. Every vmapped
-  run evaluates `eval_batch_size` test images at once, so memory also grows with runs x
-  eval_batch_size (101 runs x 1,000 images, width-32 ConvNet: ~14 GB; x 100: ~2 GB). `mesh`
-  ("auto": every local device; None: one device) splits the runs of a chunk over devices.
+  All runs are one jitted call: a vmap, or a `lax.map` over chunks of `chunk_size`
+  vmapped runs to bound memory. Every vmapped run evaluates `eval_batch_size` test
+  images at once, so memory also grows with runs x eval_batch_size (101 runs x 1,000
+  images, width-32 ConvNet: ~14 GB; x 100: ~2 GB).
+
+  Args:
+    model: the flax module (without batch statistics).
+    variables: the common initial variables.
+    x: the training (distilled) points [n, ...].
+    y: their labels.
+    x_test: the test inputs.
+    y_test: the test labels.
+    masks: per-run example weights [runs, n] (default `loo_masks(n)`).
+    num_steps: full-batch SGD steps per run.
+    learning_rate: SGD's learning rate.
+    momentum: SGD's momentum.
+    weight_decay: L2 decay added to the gradient.
+    chunk_size: runs vmapped per call (None: all).
+    eval_batch_size: test images evaluated at once per run.
+    mesh: "auto" (every local device), None (one device) or a Mesh; splits the runs
+      of a chunk over the devices.
+
+  Returns:
+    (final variables stacked over runs, per-example test losses [runs, n_test],
+    test accuracies [runs]), device arrays.
+
+  Raises:
+    ConfigError: a model with batch statistics.
+    ValueError: inputs and labels of different lengths, or masks not [runs, n].
   """
   variables = dict(variables)
   x, y, x_test, y_test = map(jnp.asarray, (x, y, x_test, y_test))
@@ -130,7 +178,29 @@ def loo_influence(model, variables: dict, x, y, x_test, y_test, *, num_steps: in
   """Exact leave-one-out influence of each training point on each test point.
 
   n + 1 protocol-A retrains from the same `variables` in one batched call (see
-  module doc); returns the [n_train, n_test] matrix of test-loss changes.
+  module doc).
+
+  Args:
+    model: the flax module (without batch statistics).
+    variables: the common initial variables.
+    x: the training (distilled) points [n, ...].
+    y: their labels.
+    x_test: the test inputs.
+    y_test: the test labels.
+    num_steps: full-batch SGD steps per run.
+    learning_rate: SGD's learning rate.
+    momentum: SGD's momentum.
+    weight_decay: L2 decay added to the gradient.
+    chunk_size: runs vmapped per call (None: all).
+    eval_batch_size: test images evaluated at once per run.
+    mesh: "auto", None or a Mesh (see `loo_retrain`).
+
+  Returns:
+    The LOOResult; `influence` is the [n_train, n_test] matrix of test-loss changes.
+
+  Raises:
+    ConfigError: fewer than 2 points, or a model with batch statistics.
+    FloatingPointError: a retrain diverged (non-finite test loss).
   """
   finals, losses, accs = loo_retrain(model, variables, x, y, x_test, y_test, num_steps=num_steps,
                                      learning_rate=learning_rate, momentum=momentum,

@@ -17,8 +17,22 @@ import jax.numpy as jnp
 from ddjax.errors import ConfigError
 from ddjax.models import layers
 
+__all__ = ["ConvNet"]
+
 
 class ConvNet(nn.Module):
+  """The dataset-distillation ConvNet: `depth` blocks of conv3x3, norm, activation, pool.
+
+  Attributes:
+    num_classes: the size of the linear head.
+    width: channels of every conv.
+    depth: the number of blocks (each halves the resolution).
+    norm: one of `layers.NORMS`.
+    pooling: "avgpooling", "maxpooling" or "none".
+    activation: one of `layers.ACTIVATIONS`.
+    conv_impl: the convolution implementation (`layers.CONV_IMPLS`).
+  """
+
   num_classes: int = 10
   width: int = 128
   depth: int = 3
@@ -28,6 +42,7 @@ class ConvNet(nn.Module):
   conv_impl: str = "auto"
 
   def setup(self):
+    """Builds the convs, norms and head (flax's setup); ConfigError for an unknown norm."""
     if self.norm not in layers.NORMS:
       raise ConfigError(f"Unknown norm {self.norm!r}; expected one of {layers.NORMS}.")
     self.convs = [
@@ -38,7 +53,15 @@ class ConvNet(nn.Module):
     self.head = layers.Dense(self.num_classes)
 
   def embed(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """Penultimate features (DM and UMAP use these): [N, width * h * w]."""
+    """Penultimate features (DM and UMAP use these): [N, width * h * w].
+
+    Args:
+      x: NHWC images [N, H, W, C]; 28x28 inputs are zero-padded to 32x32.
+      train: training mode (matters for batch norm only).
+
+    Returns:
+      The flattened features [N, width * h * w], h and w the final resolution.
+    """
     act = layers.get_activation(self.activation)
     if x.shape[1:3] == (28, 28):
       # The references' first conv uses padding 3 on 28x28 digits (-> 32x32):
@@ -49,4 +72,13 @@ class ConvNet(nn.Module):
     return x.reshape(x.shape[0], -1)
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Logits [N, num_classes].
+
+    Args:
+      x: NHWC images [N, H, W, C].
+      train: training mode (matters for batch norm only).
+
+    Returns:
+      The logits.
+    """
     return self.head(self.embed(x, train=train))

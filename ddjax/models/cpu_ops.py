@@ -44,6 +44,8 @@ try:  # Internal-ish APIs; on a JAX without them "auto" falls back to im2col.
 except ImportError:  # pragma: no cover - depends on the installed JAX
   AVAILABLE = False
 
+__all__ = ["AVAILABLE", "conv2d_hybrid", "conv2d_im2col", "spatial_broadcast", "spatial_sum"]
+
 Array = jax.Array
 Padding = tuple[tuple[int, int], tuple[int, int]]
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -87,7 +89,17 @@ def _patches(x: Array, kernel_size: tuple[int, int], padding: Padding,
 
 def conv2d_im2col(x: Array, kernel: Array, strides: tuple[int, int],
                   padding: Padding) -> Array:
-  """NHWC x HWIO convolution as shifted slices plus one matmul (any stride)."""
+  """NHWC x HWIO convolution as shifted slices plus one matmul (any stride).
+
+  Args:
+    x: NHWC input [N, H, W, C].
+    kernel: HWIO kernel [kh, kw, C, O].
+    strides: (sh, sw).
+    padding: ((top, bottom), (left, right)) zero padding.
+
+  Returns:
+    The NHWC output [N, Ho, Wo, O].
+  """
   kh, kw, cin, cout = kernel.shape
   return _patches(x, (kh, kw), padding, strides) @ kernel.reshape(kh * kw * cin, cout)
 
@@ -233,14 +245,36 @@ if AVAILABLE:
 
 
 def spatial_sum(x: Array) -> Array:
-  """[N, H, W, C] -> [N, C] sums over H and W (a matmul on XLA:CPU; see module doc)."""
+  """[N, H, W, C] -> [N, C] sums over H and W (a matmul on XLA:CPU; see module doc).
+
+  Args:
+    x: an NHWC array.
+
+  Returns:
+    The [N, C] sums.
+
+  Raises:
+    ValueError: `x` is not 4-D.
+  """
   if x.ndim != 4:
     raise ValueError(f"spatial_sum expects NHWC, got shape {x.shape}.")
   return spatial_sum_p.bind(x) if AVAILABLE else x.sum((1, 2))
 
 
 def spatial_broadcast(s: Array, height: int, width: int) -> Array:
-  """[N, C] -> [N, height, width, C]; the transpose of `spatial_sum`."""
+  """[N, C] -> [N, height, width, C]; the transpose of `spatial_sum`.
+
+  Args:
+    s: an [N, C] array.
+    height: the output height.
+    width: the output width.
+
+  Returns:
+    `s` broadcast over the spatial axes, [N, height, width, C].
+
+  Raises:
+    ValueError: `s` is not 2-D.
+  """
   if s.ndim != 2:
     raise ValueError(f"spatial_broadcast expects [N, C], got shape {s.shape}.")
   if not AVAILABLE:
@@ -251,7 +285,21 @@ def spatial_broadcast(s: Array, height: int, width: int) -> Array:
 def conv2d_hybrid(x: Array, kernel: Array, strides: tuple[int, int],
                   padding: Padding) -> Array:
   """NHWC x HWIO convolution through the two primitives above, stride 1 only
-  (`layers.Conv2D` sends strided convs, ResNet's downsampling, to im2col)."""
+  (`layers.Conv2D` sends strided convs, ResNet's downsampling, to im2col).
+
+  Args:
+    x: NHWC input [N, H, W, C].
+    kernel: HWIO kernel [kh, kw, C, O].
+    strides: must be (1, 1).
+    padding: ((top, bottom), (left, right)) zero padding.
+
+  Returns:
+    The NHWC output [N, Ho, Wo, O].
+
+  Raises:
+    ValueError: the primitives are unavailable on this JAX, a stride is not 1, or the
+      shapes do not match.
+  """
   if not AVAILABLE:
     raise ValueError("conv_impl='hybrid' needs jax.extend.core.Primitive and "
                      "jax.interpreters.{ad,batching,mlir}, which this JAX lacks; use "

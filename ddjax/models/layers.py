@@ -32,6 +32,10 @@ from jax import lax
 from ddjax.errors import ConfigError
 from ddjax.models import cpu_ops
 
+__all__ = ["ACTIVATIONS", "CONV_IMPLS", "Conv2D", "Dense", "InstanceNorm", "NORMS", "Norm",
+           "conv2d_hybrid", "conv2d_im2col", "conv2d_xla", "pool", "resolve_conv_impl",
+           "spatial_broadcast", "spatial_sum"]
+
 Array = jax.Array
 PaddingLike = int | Sequence[tuple[int, int]]
 
@@ -39,7 +43,18 @@ CONV_IMPLS = ("auto", "xla", "im2col", "hybrid")
 
 
 def resolve_conv_impl(impl: str) -> str:
-  """Maps "auto" to the measured-fastest conv on the default backend."""
+  """Maps "auto" to the measured-fastest conv on the default backend.
+
+  Args:
+    impl: one of CONV_IMPLS.
+
+  Returns:
+    "xla", "im2col" or "hybrid": `impl` itself unless it is "auto", which gives XLA off
+    the CPU, and on the CPU hybrid (im2col on a JAX without the primitive APIs).
+
+  Raises:
+    ConfigError: an unknown impl.
+  """
   if impl not in CONV_IMPLS:
     raise ConfigError(f"Unknown conv_impl {impl!r}; expected one of {CONV_IMPLS}.")
   if impl == "auto":
@@ -55,7 +70,14 @@ torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unifo
 
 
 def torch_bias_init(fan_in: int) -> Callable[..., Array]:
-  """PyTorch's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  """PyTorch's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+  Args:
+    fan_in: the layer's fan-in (kh * kw * C for a conv, the input size for a dense).
+
+  Returns:
+    A flax initializer (key, shape, dtype) -> array.
+  """
   bound = 1.0 / math.sqrt(fan_in)
 
   def init(key, shape, dtype=jnp.float32):
@@ -74,13 +96,34 @@ def _normalize_padding(padding: PaddingLike) -> tuple[tuple[int, int], tuple[int
 def conv2d_im2col(
     x: Array, kernel: Array, strides: tuple[int, int], padding: PaddingLike
 ) -> Array:
-  """NHWC x HWIO convolution as shifted slices plus one matmul (see module doc)."""
+  """NHWC x HWIO convolution as shifted slices plus one matmul (see module doc).
+
+  Args:
+    x: NHWC input [N, H, W, C].
+    kernel: HWIO kernel [kh, kw, C, O].
+    strides: (sh, sw).
+    padding: an int (all sides) or ((top, bottom), (left, right)).
+
+  Returns:
+    The NHWC output [N, Ho, Wo, O].
+  """
   return cpu_ops.conv2d_im2col(x, kernel, tuple(strides), _normalize_padding(padding))
 
 
 def conv2d_xla(
     x: Array, kernel: Array, strides: tuple[int, int], padding: PaddingLike
 ) -> Array:
+  """NHWC x HWIO convolution by `lax.conv_general_dilated` (cuDNN on GPU).
+
+  Args:
+    x: NHWC input [N, H, W, C].
+    kernel: HWIO kernel [kh, kw, C, O].
+    strides: (sh, sw).
+    padding: an int (all sides) or ((top, bottom), (left, right)).
+
+  Returns:
+    The NHWC output [N, Ho, Wo, O].
+  """
   return jax.lax.conv_general_dilated(
       x,
       kernel,
@@ -93,12 +136,32 @@ def conv2d_xla(
 def conv2d_hybrid(
     x: Array, kernel: Array, strides: tuple[int, int], padding: PaddingLike
 ) -> Array:
-  """XLA's (Eigen) conv with hand-written transposes: see ddjax/models/cpu_ops.py."""
+  """XLA's (Eigen) conv with hand-written transposes: see ddjax/models/cpu_ops.py.
+
+  Args:
+    x: NHWC input [N, H, W, C].
+    kernel: HWIO kernel [kh, kw, C, O].
+    strides: must be (1, 1).
+    padding: an int (all sides) or ((top, bottom), (left, right)).
+
+  Returns:
+    The NHWC output [N, Ho, Wo, O].
+  """
   return cpu_ops.conv2d_hybrid(x, kernel, strides, _normalize_padding(padding))
 
 
 class Conv2D(nn.Module):
-  """2-D convolution, NHWC, HWIO kernel, PyTorch-default init, switchable impl."""
+  """2-D convolution, NHWC, HWIO kernel, PyTorch-default init, switchable impl.
+
+  Attributes:
+    features: output channels.
+    kernel_size: (kh, kw).
+    strides: (sh, sw); the hybrid impl runs strided convs as im2col.
+    padding: an int (all sides) or ((top, bottom), (left, right)).
+    use_bias: add a bias (PyTorch's default init).
+    impl: one of CONV_IMPLS (`resolve_conv_impl`); the parameters are the same for all.
+    kernel_init: the kernel initializer; None is PyTorch's default.
+  """
 
   features: int
   kernel_size: tuple[int, int] = (3, 3)
@@ -110,6 +173,7 @@ class Conv2D(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    """The convolution of NHWC `x` [N, H, W, C]: [N, Ho, Wo, features]."""
     cin = x.shape[-1]
     kh, kw = self.kernel_size
     fan_in = kh * kw * cin
@@ -131,13 +195,19 @@ class Conv2D(nn.Module):
 
 
 class Dense(nn.Module):
-  """Fully connected layer with PyTorch's default nn.Linear init."""
+  """Fully connected layer with PyTorch's default nn.Linear init.
+
+  Attributes:
+    features: output size.
+    use_bias: add a bias.
+  """
 
   features: int
   use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    """x @ kernel (+ bias) for `x` [..., fan_in]: [..., features]."""
     fan_in = x.shape[-1]
     kernel = self.param("kernel", torch_kernel_init, (fan_in, self.features))
     y = x @ kernel.astype(x.dtype)
@@ -155,12 +225,17 @@ spatial_broadcast = cpu_ops.spatial_broadcast
 
 class InstanceNorm(nn.Module):
   """flax GroupNorm(group_size=1) with the same parameters and formula (fast variance),
-  its per-sample, per-channel statistics computed by `spatial_sum` (see module doc)."""
+  its per-sample, per-channel statistics computed by `spatial_sum` (see module doc).
+
+  Attributes:
+    epsilon: added to the variance.
+  """
 
   epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    """Each sample's channels normalised over H and W, then scaled and shifted; NHWC."""
     n, h, w, c = x.shape
     scale = self.param("scale", nn.initializers.ones, (c,)).astype(x.dtype)
     bias = self.param("bias", nn.initializers.zeros, (c,)).astype(x.dtype)
@@ -177,12 +252,27 @@ class Norm(nn.Module):
 
   `train` only matters for batch norm: batch statistics (and a running-average
   update in the `batch_stats` collection) when True, running averages when False.
+
+  Attributes:
+    kind: one of NORMS.
   """
 
   kind: str = "instancenorm"
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
+    """The normalised NHWC `x`.
+
+    Args:
+      x: NHWC features.
+      train: batch norm's mode (see the class docstring); ignored by the others.
+
+    Returns:
+      The normalised features, same shape.
+
+    Raises:
+      ConfigError: an unknown kind.
+    """
     if self.kind == "instancenorm":
       # GroupNorm(C, C) in PyTorch: one group per channel, per-channel affine.
       if jax.default_backend() == "cpu":
@@ -210,6 +300,17 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 
 
 def get_activation(name: str) -> Callable[[Array], Array]:
+  """The activation function `name`.
+
+  Args:
+    name: a key of ACTIVATIONS.
+
+  Returns:
+    The elementwise function.
+
+  Raises:
+    ConfigError: an unknown name.
+  """
   try:
     return ACTIVATIONS[name]
   except KeyError:
@@ -223,6 +324,17 @@ def pool(x: Array, pooling: str) -> Array:
 
   A reshape-and-reduce differentiates twice into plain reshapes, where
   reduce_window's transpose goes through slower pad/select-and-scatter kernels.
+
+  Args:
+    x: NHWC features [N, H, W, C].
+    pooling: "avgpooling" (or "avg"), "maxpooling" (or "max"), or "none" (also "" and
+      None) for no pooling.
+
+  Returns:
+    [N, H // 2, W // 2, C], or `x` itself for no pooling.
+
+  Raises:
+    ConfigError: an unknown pooling.
   """
   if pooling in ("none", "", None):
     return x

@@ -1,0 +1,87 @@
+"""The analyses' results do not change when their code is reorganised.
+
+tests/golden/tiny/ holds every analysis JSON of a tiny reproduction (methods random, dm and
+mtt; all analyses) written by the code before the analysis package was split into one
+module per analysis (commit 1bfe490); the committed demo report's claim table was written
+by that code too. Both must come out the same from the code of today.
+"""
+
+import json
+import math
+import os
+import re
+import shutil
+
+import pytest
+
+from configs import reproduce as reproduce_config
+from ddjax import analysis
+from ddjax.analysis import reproduce
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+GOLDEN = os.path.join(ROOT, "tests", "golden", "tiny")
+DEMO = os.path.join(ROOT, "docs", "demo")
+# Floats may differ by round-off only: scipy's Benjamini-Hochberg and Welch interval
+# (which replaced hand-written ones) order their float operations differently, by ~2 ulp.
+FLOAT_RTOL = 1e-12
+# Measured durations, which no two runs share.
+DURATIONS = {"wall_time_s", "loo_seconds", "exact_loo_seconds", "seconds"}
+
+
+def differences(new, old, path="$") -> list[str]:
+  """Where two JSON values differ: exactly, except floats to FLOAT_RTOL and durations."""
+  if isinstance(new, dict) and isinstance(old, dict):
+    out = [f"{path}.{k}: only in {'new' if k in new else 'old'}" for k in set(new) ^ set(old)]
+    for k in sorted((set(new) & set(old)) - DURATIONS):
+      out += differences(new[k], old[k], f"{path}.{k}")
+    return out
+  if isinstance(new, list) and isinstance(old, list):
+    out = [f"{path}: length {len(new)} vs {len(old)}"] if len(new) != len(old) else []
+    for i, (a, b) in enumerate(zip(new, old)):
+      out += differences(a, b, f"{path}[{i}]")
+    return out
+  if isinstance(new, float) and isinstance(old, float):
+    same = new == old or math.isclose(new, old, rel_tol=FLOAT_RTOL, abs_tol=0.0)
+    return [] if same else [f"{path}: {new!r} vs {old!r}"]
+  return [] if (type(new), new) == (type(old), old) else [f"{path}: {new!r} vs {old!r}"]
+
+
+def test_differences_sees_every_kind_of_change():
+  old = {"a": [1, 2.0, "x"], "b": {"c": True}}
+  assert differences(old, json.loads(json.dumps(old))) == []
+  assert differences({"a": [1, 2.0 + 1e-15, "x"], "b": {"c": True}}, old) == []
+  assert len(differences({"a": [1, 2.001, "y"], "b": {"c": 1}}, old)) == 3
+  assert differences({**old, "wall_time_s": 3.0}, {**old, "wall_time_s": 4.0}) == []
+  assert sorted(differences({"a": [1, 2.0], "b": {}}, old)) == ["$.a: length 2 vs 3",
+                                                                 "$.b.c: only in old"]
+
+
+def _claim_lines(text: str) -> list[str]:
+  return [line for line in text.splitlines() if re.match(r"\| \d+ \| Q\d \|", line)]
+
+
+def test_the_committed_demo_claim_table_regenerates_identically(tmp_path):
+  workdir = str(tmp_path / "demo")
+  shutil.copytree(DEMO, workdir)
+  committed = _claim_lines(open(os.path.join(DEMO, "report.md")).read())
+  out = reproduce.report_from_workdir(workdir)
+  assert not out["claim_problems"]
+  assert _claim_lines(open(out["path"]).read()) == committed and len(committed) == 16
+
+
+@pytest.mark.slow
+def test_every_analysis_of_the_tiny_reproduction_is_unchanged(tmp_path):
+  config = reproduce_config.get_config("dataset=mnist5k,size=tiny")
+  config.methods = "random,dm,mtt"
+  config.analyses = "all"
+  summary = reproduce.run_reproduction(config, str(tmp_path / "repro"), verbose=False)
+  assert not summary["failures"]
+  golden = sorted(f[:-5] for f in os.listdir(GOLDEN) if f.endswith(".json"))
+  assert sorted(summary["analysis"]) == golden == sorted(analysis.names())
+  problems = {}
+  for name in golden:
+    with open(os.path.join(GOLDEN, f"{name}.json")) as f:
+      found = differences(summary["analysis"][name], json.load(f))
+    if found:
+      problems[name] = found[:10]
+  assert not problems, problems

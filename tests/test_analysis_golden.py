@@ -4,13 +4,20 @@ tests/golden/tiny/ holds every analysis JSON of a tiny reproduction (methods ran
 mtt; all analyses) written by the code before the analysis package was split into one
 module per analysis (commit 1bfe490); the committed demo report's claim table was written
 by that code too. Both must come out the same from the code of today.
+
+The floats of a training run depend on the CPU's instruction set and on the jax/XLA
+version, so the golden JSON holds for the machine and stack in `MACHINE.json` (the one CI
+runs on). On another, check the results first, then write new golden files with
+`PYTHONPATH=. python tests/test_analysis_golden.py --regenerate`.
 """
 
 import json
 import math
 import os
+import platform
 import re
 import shutil
+import sys
 
 import pytest
 
@@ -69,12 +76,32 @@ def test_the_committed_demo_claim_table_regenerates_identically(tmp_path):
   assert _claim_lines(open(out["path"]).read()) == committed and len(committed) == 16
 
 
-@pytest.mark.slow
-def test_every_analysis_of_the_tiny_reproduction_is_unchanged(tmp_path):
+def machine() -> dict:
+  """What the floats of a run depend on: the stack's versions and the CPU's vector ISA."""
+  import jax, jaxlib, numpy, scipy  # pylint: disable=g-import-not-at-top,multiple-imports
+  cpu, isa = platform.processor(), []
+  if os.path.exists("/proc/cpuinfo"):
+    for line in open("/proc/cpuinfo"):
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+      elif line.startswith("flags") and not isa:
+        isa = sorted(set(line.split(":", 1)[1].split()) & {
+            "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile"})
+  return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "numpy": numpy.__version__,
+          "scipy": scipy.__version__, "cpu": cpu, "isa": isa, "machine": platform.machine()}
+
+
+def tiny_reproduction(workdir: str) -> dict:
+  """The tiny reproduction the golden files come from; returns its summary."""
   config = reproduce_config.get_config("dataset=mnist5k,size=tiny")
   config.methods = "random,dm,mtt"
   config.analyses = "all"
-  summary = reproduce.run_reproduction(config, str(tmp_path / "repro"), verbose=False)
+  return reproduce.run_reproduction(config, workdir, verbose=False)
+
+
+@pytest.mark.slow
+def test_every_analysis_of_the_tiny_reproduction_is_unchanged(tmp_path):
+  summary = tiny_reproduction(str(tmp_path / "repro"))
   assert not summary["failures"]
   golden = sorted(f[:-5] for f in os.listdir(GOLDEN) if f.endswith(".json"))
   assert sorted(summary["analysis"]) == golden == sorted(analysis.names())
@@ -84,4 +111,20 @@ def test_every_analysis_of_the_tiny_reproduction_is_unchanged(tmp_path):
       found = differences(summary["analysis"][name], json.load(f))
     if found:
       problems[name] = found[:10]
-  assert not problems, problems
+  with open(os.path.join(GOLDEN, "MACHINE.json")) as f:
+    made_on = json.load(f)
+  here = machine()
+  assert not problems, (problems if made_on == here else {
+      "note": f"the golden files were made on {made_on}, this is {here}: see this "
+              "module's docstring", **problems})
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--regenerate"]:
+  import tempfile  # pylint: disable=g-import-not-at-top
+  out = tiny_reproduction(tempfile.mkdtemp(prefix="golden_"))
+  for key, result in out["analysis"].items():
+    with open(os.path.join(GOLDEN, f"{key}.json"), "w") as f:
+      json.dump(result, f, indent=2)
+  with open(os.path.join(GOLDEN, "MACHINE.json"), "w") as f:
+    json.dump(machine(), f, indent=2)
+  print(f"wrote {len(out['analysis'])} golden files and MACHINE.json to {GOLDEN}")

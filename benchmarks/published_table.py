@@ -446,8 +446,10 @@ class Table:
 
     if not fits_epoch(True):
       return self._stop("whole-dataset training")
-    self.budget.units += 1
     out = train_whole(config, row_dir, fits_epoch, self.max_chunk, on_timing=record_timing)
+    # Counted once it ran: counted before, `--max_units=1` made its own epochs refuse to
+    # start (fits_epoch checks the unit count too).
+    self.budget.units += 1
     if out is None:
       return self._stop("the next whole-dataset epoch")
     from ddjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top

@@ -170,6 +170,15 @@ def test_whole_dataset_training_resumes_to_the_dc_protocol_result(tiny_data, tmp
 # ----------------------------------------------------------------------------- the script
 
 
+def test_one_unit_of_the_whole_row_trains_one_epoch(tiny_data, tmp_path):
+  workdir = str(tmp_path / "table")
+  out, table = run_table(workdir, tiny_data, "--methods=whole", "--max_units=1",
+                         "--max_chunk_iterations=1")
+  assert "stop before the next whole-dataset epoch" in out
+  assert [c["end"] for c in chunk_log(workdir, "whole")] == [1]
+  assert "s_per_epoch" in json.load(open(os.path.join(workdir, "timing.json")))["whole"]
+
+
 def test_a_stopped_row_resumes_from_its_checkpoint(tiny_data, tmp_path):
   workdir = str(tmp_path / "table")
   out, table = run_table(workdir, tiny_data, "--methods=dc", "--ipcs=1", "--max_units=1",

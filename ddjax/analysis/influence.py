@@ -23,6 +23,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from ddjax import data, train
+from ddjax import influence as influence_lib
 from ddjax.analysis import cache, common, loo, stats
 
 QUESTION = "Q3"
@@ -159,7 +160,8 @@ def _hard_example_loss(matrix, top, loss_all) -> dict[str, float]:
   """How much the top-k is drawn to test images the all-points model finds hard."""
   loss_all = np.asarray(loss_all, np.float64)
   return {
-      "corr_mean_abs_influence_vs_loss": stats.pearson(np.abs(matrix).mean(0), loss_all),
+      "corr_mean_abs_influence_vs_loss": influence_lib.pearson(np.abs(matrix).mean(0),
+                                                             loss_all),
       "topk_mean_loss_all": float(loss_all[top].mean()),
       "pool_mean_loss_all": float(loss_all.mean()),
       "pool_median_loss_all": float(np.median(loss_all))}

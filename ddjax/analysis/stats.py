@@ -1,8 +1,8 @@
 """The statistics the analyses report, from scipy where scipy has them.
 
 Each returns plain floats (JSON-ready): means with Student-t intervals over seeds,
-Welch's test of two samples, Benjamini-Hochberg q-values, and Pearson/Spearman
-correlations.
+Welch's test of two samples and Benjamini-Hochberg q-values. Pearson and Spearman
+correlations are `ddjax.influence.pearson` / `spearman` (scipy's, with shape checks).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["finite_or_none", "mean_ci", "welch", "benjamini_hochberg", "pearson", "spearman"]
+__all__ = ["finite_or_none", "mean_ci", "welch", "benjamini_hochberg"]
 
 
 def finite_or_none(x) -> float | None:
@@ -95,35 +95,3 @@ def benjamini_hochberg(pvalues, alpha: float = 0.05) -> tuple[np.ndarray, np.nda
     raise ValueError("p-values must lie in [0, 1].")
   q = np.asarray(stats.false_discovery_control(p, method="bh"), np.float64)
   return q <= alpha, q
-
-
-def _correlation(fn, a, b) -> float:
-  a = np.asarray(a, np.float64).ravel()
-  b = np.asarray(b, np.float64).ravel()
-  if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-    return float("nan")  # undefined for a constant sample
-  return float(fn(a, b).statistic)
-
-
-def pearson(a, b) -> float:
-  """Pearson's r of two samples (NaN if either is constant or shorter than 2).
-
-  Args:
-    a, b: paired samples of equal size (any shape; flattened).
-
-  Returns:
-    r in [-1, 1] as a float, or NaN.
-  """
-  return _correlation(stats.pearsonr, a, b)
-
-
-def spearman(a, b) -> float:
-  """Spearman's rank correlation of two samples (NaN if either is constant).
-
-  Args:
-    a, b: paired samples of equal size (any shape; flattened).
-
-  Returns:
-    rho in [-1, 1] as a float, or NaN (also when shorter than 2).
-  """
-  return _correlation(stats.spearmanr, a, b)

@@ -31,9 +31,9 @@ def pearson(a, b) -> float:
     ValueError: different shapes, or non-finite entries.
   """
   a, b = _pair(a, b)
-  a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
-  denom = np.linalg.norm(a) * np.linalg.norm(b)
-  return float(a @ b / denom) if denom > 0 else float("nan")
+  if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+    return float("nan")  # undefined for a constant array (scipy would warn)
+  return float(stats.pearsonr(a.ravel(), b.ravel()).statistic)
 
 
 def spearman(a, b) -> float:
@@ -44,13 +44,15 @@ def spearman(a, b) -> float:
     b: an array of the same shape.
 
   Returns:
-    The rank correlation.
+    The rank correlation (nan when either is constant).
 
   Raises:
     ValueError: different shapes, or non-finite entries.
   """
   a, b = _pair(a, b)
-  return pearson(stats.rankdata(a.ravel()), stats.rankdata(b.ravel()))
+  if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+    return float("nan")
+  return float(stats.spearmanr(a.ravel(), b.ravel()).statistic)
 
 
 def topk_overlap(approx, exact, k: int = 9) -> float:

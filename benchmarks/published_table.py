@@ -33,6 +33,13 @@ next invocation with the same --workdir continues where it stopped. The units of
   at a time over the seeds, checkpointed every epoch; the same computation as
   `train.evaluate_dc_protocol` with the same keys.
 
+Reduced rows (issue 16's CPU checks). `--max_iterations=K` distils at most K iterations
+and `--eval_networks=N` trains N networks per protocol instead of 20; the table names the
+cut in the row's status ("measured, reduced: 200 of 1,000 iterations; 5 networks") and in
+`reduction`. A reduced row is finished only for a run that asks for no more: a later run
+without the flags keeps its row.json as `row.reduced_<K>it_<N>nets.json`, continues the
+distillation from its checkpoint and evaluates again.
+
 A killed invocation loses at most the work since the last checkpoint. Measured times go
 to `--workdir/timing.json`, every chunk to `<row>/chunks.jsonl`.
 """
@@ -79,7 +86,13 @@ def define_flags() -> types.SimpleNamespace:
       max_chunk=flags.DEFINE_integer("max_chunk_iterations", 0, "Cap on iterations (experts, "
                                      "epochs) per chunk; 0 = what fits the budget."),
       max_units=flags.DEFINE_integer("max_units", 0, "Stop after this many units of work "
-                                     "(tests, dry runs); 0 = until the budget or the end."))
+                                     "(tests, dry runs); 0 = until the budget or the end."),
+      eval_networks=flags.DEFINE_integer("eval_networks", 0, "Networks the evaluation unit "
+                                         f"trains per protocol; 0 = the published {pub.EVAL_NETWORKS}. "
+                                         "Fewer is a reduced row (the CPU checks use 5).", lower_bound=0),
+      max_iterations=flags.DEFINE_integer("max_iterations", 0, "Distil at most this many "
+                                          "iterations; 0 = the published count. Fewer is a "
+                                          "reduced row, continued by a later run without it.", lower_bound=0))
 
 
 _FLAGS = None  # set by define_flags() when run as a program
@@ -123,6 +136,53 @@ def plan_rows(methods, ipcs) -> list[Row]:
   return rows
 
 
+@dataclasses.dataclass(frozen=True)
+class Reduction:
+  """What a CPU run cuts from the published settings (0 = nothing); named in every row.
+
+  A row measured under a reduction is not finished for a run that asks for more: that run
+  keeps the reduced row.json beside it (`row.reduced_<...>.json`), continues the
+  distillation from its checkpoint and evaluates again.
+  """
+  max_iterations: int = 0
+  eval_networks: int = 0
+
+  def __post_init__(self):
+    if self.max_iterations < 0 or self.eval_networks < 0:
+      raise ValueError(f"--max_iterations and --eval_networks must be >= 0, got "
+                       f"{self.max_iterations} and {self.eval_networks}.")
+
+  def apply(self, config) -> None:
+    """Cuts the row's config in place."""
+    if self.max_iterations and "num_iterations" in config:
+      config.num_iterations = min(int(config.num_iterations), self.max_iterations)
+    if self.eval_networks and "eval" in config:
+      config.eval.num_seeds = self.eval_networks
+
+
+def describe_reduction(record: dict[str, Any], published_iterations: int | None,
+                       published_networks: int) -> str | None:
+  """Names what a measured row cut ("200 of 1,000 iterations; 5 networks"), None if nothing.
+
+  Args:
+    record: the row's row.json.
+    published_iterations: the published iteration count (None for the whole-data row).
+    published_networks: the published number of evaluation networks.
+
+  Returns:
+    The reduction in words, or None for a row at published settings.
+  """
+  parts = []
+  done = record.get("iterations")
+  if (published_iterations and done is not None and done < published_iterations
+      and record.get("stop_reason") != "plateau"):
+    parts.append(f"{done:,} of {published_iterations:,} iterations")
+  networks = len(record.get("dc_all", []))
+  if record.get("method") != "whole" and networks < published_networks:
+    parts.append(f"{networks} network{'' if networks == 1 else 's'}")
+  return "; ".join(parts) or None
+
+
 def chunk_iterations(remaining: int, checkpoint_every: int, fit: int | None, cap: int = 0) -> int:
   """How many iterations the next chunk runs.
 
@@ -147,9 +207,12 @@ def percent(x: float | None) -> float | None:
   return None if x is None else 100.0 * float(x)
 
 
-def row_record(row: Row, result: dict[str, Any] | None, status: str, size: str) -> dict[str, Any]:
+def row_record(row: Row, result: dict[str, Any] | None, status: str, size: str,
+               reduction: str | None = None) -> dict[str, Any]:
   """One table row: ddjax (DC protocol, %) beside the published number."""
   ref = pub.published(row.method, row.ipc)
+  if result and reduction:
+    status = f"measured, reduced: {reduction}"
   mean = percent(result.get("dc_mean")) if result else None
   std = percent(result.get("dc_std")) if result else None
   return {"row": row.name, "method": row.method, "ipc": row.ipc or "all",
@@ -158,7 +221,8 @@ def row_record(row: Row, result: dict[str, Any] | None, status: str, size: str) 
           "published_mean": ref.mean, "published_std": ref.std, "source": ref.source,
           "difference_in_published_std": (None if mean is None
                                            else pub.std_difference(mean, ref)),
-          "status": status, "config": f"configs/published.py:{row.config_arg},size={size}"}
+          "status": status, "reduction": reduction if result else None,
+          "config": f"configs/published.py:{row.config_arg},size={size}"}
 
 
 def _pm(mean, std) -> str:
@@ -249,9 +313,9 @@ class Table:
   """Runs the rows of one --workdir within one budget."""
 
   def __init__(self, workdir: str, size: str, data_dir: str | None, budget: Budget,
-               max_chunk: int = 0):
+               max_chunk: int = 0, reduction: Reduction = Reduction()):
     self.workdir, self.size, self.data_dir = workdir, size, data_dir
-    self.budget, self.max_chunk = budget, max_chunk
+    self.budget, self.max_chunk, self.reduction = budget, max_chunk, reduction
     self.timing = Timing(workdir)
     self.stopped: str | None = None      # why this invocation stopped early
 
@@ -271,6 +335,7 @@ class Table:
     config.progress = False
     if row.method == "mtt":
       config.mtt.buffer_dir = self.experts_dir()
+    self.reduction.apply(config)
     return config
 
   def experts_config(self):
@@ -284,15 +349,38 @@ class Table:
   def run(self, rows: list[Row]) -> None:
     """Works through `rows` until they are done or the budget stops it."""
     for row in rows:
-      if os.path.exists(os.path.join(self.row_dir(row), ROW_FILE)):
+      if self.finished(row):
         logging.info("%s: finished, skipped", row.name)
         print(f"skip {row.name}: finished", flush=True)
         continue
+      self._set_aside_reduced(row)
       if row.method == "mtt" and not self.run_experts():
         return
       finished = self.run_whole(row) if row.method == "whole" else self.run_distilled(row)
       if not finished:
         return
+
+  def finished(self, row: Row) -> bool:
+    """Whether row.json holds at least the iterations and networks this run asks for."""
+    record = _read_json(os.path.join(self.row_dir(row), ROW_FILE))
+    if record is None or row.method == "whole":
+      return record is not None
+    config = self.config(row)
+    return ((record.get("iterations") or 0) >= int(config.num_iterations)
+            or record.get("stop_reason") == "plateau") and (
+                len(record.get("dc_all", [])) >= int(config.eval.num_seeds))
+
+  def _set_aside_reduced(self, row: Row) -> None:
+    """Keeps a reduced row.json that this run will supersede, under a name of its own."""
+    path = os.path.join(self.row_dir(row), ROW_FILE)
+    record = _read_json(path)
+    if record is None:
+      return
+    kept = os.path.join(self.row_dir(row), f"row.reduced_{record.get('iterations') or 0}it_"
+                        f"{len(record.get('dc_all', []))}nets.json")
+    os.replace(path, kept)
+    logging.info("%s: the reduced row.json is kept as %s; continuing it", row.name, kept)
+    print(f"{row.name}: continuing a reduced row (kept as {os.path.basename(kept)})", flush=True)
 
   def _stop(self, what: str) -> bool:
     self.stopped = what
@@ -398,7 +486,11 @@ class Table:
     return f"eval:ipc{row.ipc}:{int(config.eval.dc_epochs)}:{config.eval.dc_augment}"
 
   def _eval_estimate(self, row: Row, config) -> float | None:
-    return self.timing.get(self._eval_key(row, config)).get("seconds")
+    t = self.timing.get(self._eval_key(row, config))
+    if "seconds" not in t:
+      return None
+    # Cost grows with the networks trained; an entry without a count was 20 networks.
+    return t["seconds"] * int(config.eval.num_seeds) / t.get("networks", pub.EVAL_NETWORKS)
 
   def evaluate(self, row: Row, config) -> dict[str, Any]:
     """The published protocol on the finished distilled set; writes row.json."""
@@ -413,11 +505,13 @@ class Table:
                        dset.learned_lr)
     wall = time.time() - t0
     self.budget.units += 1
-    self.timing.set(self._eval_key(row, config), seconds=wall)
+    self.timing.set(self._eval_key(row, config), seconds=wall,
+                    networks=int(config.eval.num_seeds))
     distilled = _read_json(os.path.join(row_dir, driver.RESULTS_FILE)) or {}
     record = {"row": row.name, "method": row.method, "ipc": row.ipc, **result,
               "eval_seconds": wall, "iterations": distilled.get("iterations"),
               "distill_seconds": distilled.get("distill_seconds"),
+              "stop_reason": distilled.get("stop_reason"),
               "learned_lr": dset.learned_lr, "eval_epochs": int(config.eval.dc_epochs),
               "eval_augment": str(config.eval.dc_augment)}
     workdir_lib.write_json(os.path.join(row_dir, ROW_FILE), record)
@@ -465,8 +559,21 @@ class Table:
     out = []
     for row in rows:
       result = _read_json(os.path.join(self.row_dir(row), ROW_FILE))
-      out.append(row_record(row, result, "measured" if result else self.status(row), self.size))
+      reduction = None
+      if result:
+        published = self.published_config(row)
+        reduction = describe_reduction(
+            result, published.get("num_iterations"),
+            int(published.eval.num_seeds) if "eval" in published else 0)
+      out.append(row_record(row, result, "measured" if result else self.status(row), self.size,
+                            reduction))
     return out
+
+  def published_config(self, row: Row):
+    """The row's config at this size, without this run's reduction."""
+    if row.method == "whole":
+      return pub.whole_config(self.size)
+    return pub.distill_config(row.method, row.ipc, self.size)
 
   def status(self, row: Row) -> str:
     from ddjax.distill import driver  # pylint: disable=g-import-not-at-top
@@ -584,12 +691,17 @@ def main(argv):
   rows = plan_rows(_FLAGS.methods.value, ipcs)
   os.makedirs(_FLAGS.workdir.value, exist_ok=True)
   budget = Budget(_FLAGS.budget.value, max_units=_FLAGS.max_units.value)
-  table = Table(_FLAGS.workdir.value, _FLAGS.size.value, _FLAGS.data_dir.value, budget, _FLAGS.max_chunk.value)
+  reduction = Reduction(_FLAGS.max_iterations.value, _FLAGS.eval_networks.value)
+  table = Table(_FLAGS.workdir.value, _FLAGS.size.value, _FLAGS.data_dir.value, budget,
+                _FLAGS.max_chunk.value, reduction)
   common.run_reporting_errors(table.run, rows)
   records = table.records(rows)
   command = (f"python -m benchmarks.published_table --workdir={_FLAGS.workdir.value} "
              f"--size={_FLAGS.size.value} --methods={','.join(_FLAGS.methods.value)} "
-             f"--ipcs={','.join(_FLAGS.ipcs.value)}")
+             f"--ipcs={','.join(_FLAGS.ipcs.value)}"
+             + "".join(f" --{name}={value}" for name, value in (
+                 ("max_iterations", reduction.max_iterations),
+                 ("eval_networks", reduction.eval_networks)) if value))
   from ddjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   text = format_table(records, command)
   with open(os.path.join(_FLAGS.workdir.value, "table.md"), "w") as f:
@@ -598,7 +710,9 @@ def main(argv):
                          {"command": command, "rows": records, "stopped_before": table.stopped})
   print(text)
   done = sum(r["status"] == "measured" for r in records)
-  print(f"{done} of {len(records)} rows measured" + (
+  reduced = sum(r["reduction"] is not None for r in records)
+  print(f"{done} of {len(records)} rows measured at published settings"
+        + (f", {reduced} reduced" if reduced else "") + (
       f"; stopped before {table.stopped}: run again to continue" if table.stopped else ""))
 
 

@@ -205,6 +205,59 @@ def test_a_stopped_row_resumes_from_its_checkpoint(tiny_data, tmp_path):
                              rtol=1e-5, atol=1e-6)
 
 
+def test_reduction_is_named_only_for_what_was_cut():
+  record = {"method": "dc", "iterations": 200, "dc_all": [0.7] * 5, "stop_reason": "iterations"}
+  assert pt.describe_reduction(record, 1000, 20) == "200 of 1,000 iterations; 5 networks"
+  assert pt.describe_reduction({**record, "dc_all": [0.7] * 20}, 1000, 20) == (
+      "200 of 1,000 iterations")
+  # A plateau stop before the cap is the method's own stop, not a cut.
+  assert pt.describe_reduction({**record, "stop_reason": "plateau", "dc_all": [0.7] * 20},
+                               1000, 20) is None
+  assert pt.describe_reduction({"method": "random", "iterations": 0, "dc_all": [0.5] * 5},
+                               0, 20) == "5 networks"
+  assert pt.describe_reduction({"method": "whole", "dc_all": [0.9] * 3}, None, 20) is None
+
+
+def test_reduction_cuts_the_config_and_rejects_negative_counts():
+  config = pub.distill_config("dm", 1)
+  pt.Reduction(max_iterations=200, eval_networks=5).apply(config)
+  assert config.num_iterations == 200 and config.eval.num_seeds == 5
+  config = pub.distill_config("dc", 1)
+  pt.Reduction(max_iterations=10 ** 6).apply(config)          # never raises the count
+  assert config.num_iterations == pub.distill_config("dc", 1).num_iterations
+  assert config.eval.num_seeds == pub.EVAL_NETWORKS
+  with pytest.raises(ValueError, match="--max_iterations and --eval_networks must be >= 0"):
+    pt.Reduction(eval_networks=-1)
+
+
+def test_a_reduced_row_is_named_kept_and_continued(tiny_data, tmp_path):
+  workdir = str(tmp_path / "table")
+  networks = pub.distill_config("dc", 1, "tiny").eval.num_seeds
+  out, table = run_table(workdir, tiny_data, "--methods=dc", "--ipcs=1", "--max_iterations=1",
+                         "--eval_networks=1")
+  row = table["rows"][0]
+  assert row["reduction"] == "1 of 2 iterations; 1 network"
+  assert row["status"] == "measured, reduced: 1 of 2 iterations; 1 network"
+  assert row["num_networks"] == 1 and "--max_iterations=1 --eval_networks=1" in table["command"]
+  row_path = os.path.join(workdir, "dc_ipc1", pt.ROW_FILE)
+  with open(row_path, "rb") as f:
+    reduced = f.read()
+  # The same reduction again: finished, nothing re-runs.
+  out, _ = run_table(workdir, tiny_data, "--methods=dc", "--ipcs=1", "--max_iterations=1",
+                     "--eval_networks=1")
+  assert "skip dc_ipc1: finished" in out
+  # At published settings the row continues from its checkpoint; the reduced record stays.
+  out, table = run_table(workdir, tiny_data, "--methods=dc", "--ipcs=1")
+  assert "continuing a reduced row" in out
+  with open(os.path.join(workdir, "dc_ipc1", "row.reduced_1it_1nets.json"), "rb") as f:
+    assert f.read() == reduced
+  assert [(c["start"], c["end"]) for c in chunk_log(workdir, "dc_ipc1")
+          if c["kind"] == "distill"] == [(0, 1), (1, 2)]
+  row = table["rows"][0]
+  assert row["status"] == "measured" and row["reduction"] is None
+  assert row["num_networks"] == networks
+
+
 @pytest.mark.slow
 def test_every_row_end_to_end_and_a_second_run_recomputes_nothing(tiny_data, tmp_path):
   workdir = str(tmp_path / "table")

@@ -353,7 +353,8 @@ class Table:
         logging.info("%s: finished, skipped", row.name)
         print(f"skip {row.name}: finished", flush=True)
         continue
-      self._set_aside_reduced(row)
+      if os.path.exists(os.path.join(self.row_dir(row), ROW_FILE)):
+        print(f"{row.name}: continuing a reduced row", flush=True)
       if row.method == "mtt" and not self.run_experts():
         return
       finished = self.run_whole(row) if row.method == "whole" else self.run_distilled(row)
@@ -371,7 +372,8 @@ class Table:
                 len(record.get("dc_all", [])) >= int(config.eval.num_seeds))
 
   def _set_aside_reduced(self, row: Row) -> None:
-    """Keeps a reduced row.json that this run will supersede, under a name of its own."""
+    """Keeps a reduced row.json that a new evaluation supersedes, under a name of its own
+    (until then the table keeps showing it)."""
     path = os.path.join(self.row_dir(row), ROW_FILE)
     record = _read_json(path)
     if record is None:
@@ -379,8 +381,8 @@ class Table:
     kept = os.path.join(self.row_dir(row), f"row.reduced_{record.get('iterations') or 0}it_"
                         f"{len(record.get('dc_all', []))}nets.json")
     os.replace(path, kept)
-    logging.info("%s: the reduced row.json is kept as %s; continuing it", row.name, kept)
-    print(f"{row.name}: continuing a reduced row (kept as {os.path.basename(kept)})", flush=True)
+    logging.info("%s: the reduced row.json is kept as %s", row.name, kept)
+    print(f"{row.name}: the reduced row is kept as {os.path.basename(kept)}", flush=True)
 
   def _stop(self, what: str) -> bool:
     self.stopped = what
@@ -514,6 +516,7 @@ class Table:
               "stop_reason": distilled.get("stop_reason"),
               "learned_lr": dset.learned_lr, "eval_epochs": int(config.eval.dc_epochs),
               "eval_augment": str(config.eval.dc_augment)}
+    self._set_aside_reduced(row)
     workdir_lib.write_json(os.path.join(row_dir, ROW_FILE), record)
     print(f"{row.name}: DC protocol {100 * result['dc_mean']:.1f} ± "
           f"{100 * result['dc_std']:.1f} % over {len(result['dc_all'])} networks "

@@ -246,9 +246,13 @@ def test_a_reduced_row_is_named_kept_and_continued(tiny_data, tmp_path):
   out, _ = run_table(workdir, tiny_data, "--methods=dc", "--ipcs=1", "--max_iterations=1",
                      "--eval_networks=1")
   assert "skip dc_ipc1: finished" in out
+  # A run that stops before evaluating leaves the reduced row in the table.
+  out, table = run_table(workdir, tiny_data, "--methods=dc", "--ipcs=1", "--max_units=1")
+  assert "continuing a reduced row" in out and table["stopped_before"] == "dc_ipc1 evaluation"
+  assert table["rows"][0]["reduction"] == "1 of 2 iterations; 1 network"
   # At published settings the row continues from its checkpoint; the reduced record stays.
   out, table = run_table(workdir, tiny_data, "--methods=dc", "--ipcs=1")
-  assert "continuing a reduced row" in out
+  assert "the reduced row is kept as row.reduced_1it_1nets.json" in out
   with open(os.path.join(workdir, "dc_ipc1", "row.reduced_1it_1nets.json"), "rb") as f:
     assert f.read() == reduced
   assert [(c["start"], c["end"]) for c in chunk_log(workdir, "dc_ipc1")

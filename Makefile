@@ -55,14 +55,16 @@ demo: setup
 	$(PY) -m launch.reproduce --config=configs/reproduce.py:dataset=mnist5k,size=demo --workdir=$(WORKDIR)
 
 # Copies a finished demo's report, figures and JSON (no caches, no checkpoints) to
-# docs/demo/, the copy README.md shows.
+# $(DOCS) (docs/demo/, the copy README.md shows; the Fashion-MNIST demo's is
+# `make demo-docs WORKDIR=workdirs/demo_fashion DOCS=docs/demo_fashion`).
+DOCS ?= docs/demo
 demo-docs:
 	test -f $(WORKDIR)/report.md || { echo "no $(WORKDIR)/report.md: run make demo first"; exit 1; }
-	rm -rf docs/demo && mkdir -p docs/demo/analysis
-	cp $(WORKDIR)/report.md $(WORKDIR)/claims.json $(WORKDIR)/timings.json $(WORKDIR)/config.json docs/demo/
-	cp $(WORKDIR)/analysis/*.png $(WORKDIR)/analysis/*.json docs/demo/analysis/
-	for d in $(WORKDIR)/distill/*/; do m=$$(basename $$d); mkdir -p docs/demo/distill/$$m; \
-	  cp $$d/synthetic.png $$d/results.json docs/demo/distill/$$m/ 2>/dev/null || true; done
+	rm -rf $(DOCS) && mkdir -p $(DOCS)/analysis
+	cp $(WORKDIR)/report.md $(WORKDIR)/claims.json $(WORKDIR)/timings.json $(WORKDIR)/config.json $(DOCS)/
+	cp $(WORKDIR)/analysis/*.png $(WORKDIR)/analysis/*.json $(DOCS)/analysis/
+	for d in $(WORKDIR)/distill/*/; do m=$$(basename $$d); mkdir -p $(DOCS)/distill/$$m; \
+	  cp $$d/synthetic.png $$d/results.json $(DOCS)/distill/$$m/ 2>/dev/null || true; done
 
 # Every test: the whole suite on the default stack, then the neural-tangents comparisons
 # on the legacy stack (CI runs exactly this).

@@ -27,7 +27,8 @@ from ddjax.analysis import reproduce
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 GOLDEN = os.path.join(ROOT, "tests", "golden", "tiny")
-DEMO = os.path.join(ROOT, "docs", "demo")
+# The committed demo reports: mnist5k (`make demo`) and Fashion-MNIST (BUILD_NOTES).
+DEMOS = [os.path.join(ROOT, "docs", name) for name in ("demo", "demo_fashion")]
 # Floats may differ by round-off only: scipy's Benjamini-Hochberg and Welch interval
 # (which replaced hand-written ones) order their float operations differently, by ~2 ulp.
 FLOAT_RTOL = 1e-12
@@ -67,10 +68,11 @@ def _claim_lines(text: str) -> list[str]:
   return [line for line in text.splitlines() if re.match(r"\| \d+ \| Q\d \|", line)]
 
 
-def test_the_committed_demo_claim_table_regenerates_identically(tmp_path):
+@pytest.mark.parametrize("demo", DEMOS, ids=os.path.basename)
+def test_the_committed_demo_claim_table_regenerates_identically(tmp_path, demo):
   workdir = str(tmp_path / "demo")
-  shutil.copytree(DEMO, workdir)
-  committed = _claim_lines(open(os.path.join(DEMO, "report.md")).read())
+  shutil.copytree(demo, workdir)
+  committed = _claim_lines(open(os.path.join(demo, "report.md")).read())
   out = reproduce.report_from_workdir(workdir)
   assert not out["claim_problems"]
   assert _claim_lines(open(out["path"]).read()) == committed and len(committed) == 16

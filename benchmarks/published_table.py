@@ -87,12 +87,14 @@ def define_flags() -> types.SimpleNamespace:
                                      "epochs) per chunk; 0 = what fits the budget."),
       max_units=flags.DEFINE_integer("max_units", 0, "Stop after this many units of work "
                                      "(tests, dry runs); 0 = until the budget or the end."),
-      eval_networks=flags.DEFINE_integer("eval_networks", 0, "Networks the evaluation unit "
-                                         f"trains per protocol; 0 = the published {pub.EVAL_NETWORKS}. "
-                                         "Fewer is a reduced row (the CPU checks use 5).", lower_bound=0),
-      max_iterations=flags.DEFINE_integer("max_iterations", 0, "Distil at most this many "
-                                          "iterations; 0 = the published count. Fewer is a "
-                                          "reduced row, continued by a later run without it.", lower_bound=0))
+      eval_networks=flags.DEFINE_integer(
+          "eval_networks", 0, "Networks the evaluation unit trains per protocol; 0 = the "
+          f"published {pub.EVAL_NETWORKS}. Fewer is a reduced row (the CPU checks use 5).",
+          lower_bound=0),
+      max_iterations=flags.DEFINE_integer(
+          "max_iterations", 0, "Distil at most this many iterations; 0 = the published "
+          "count. Fewer is a reduced row, continued by a later run without it.",
+          lower_bound=0))
 
 
 _FLAGS = None  # set by define_flags() when run as a program

@@ -38,7 +38,8 @@ and `--eval_networks=N` trains N networks per protocol instead of 20; the table 
 cut in the row's status ("measured, reduced: 200 of 1,000 iterations; 5 networks") and in
 `reduction`. A reduced row is finished only for a run that asks for no more: a later run
 without the flags keeps its row.json as `row.reduced_<K>it_<N>nets.json`, continues the
-distillation from its checkpoint and evaluates again.
+distillation from its checkpoint and evaluates again. `--report_only` runs nothing and
+writes the table of what --workdir holds.
 
 A killed invocation loses at most the work since the last checkpoint. Measured times go
 to `--workdir/timing.json`, every chunk to `<row>/chunks.jsonl`.
@@ -91,6 +92,8 @@ def define_flags() -> types.SimpleNamespace:
           "eval_networks", 0, "Networks the evaluation unit trains per protocol; 0 = the "
           f"published {pub.EVAL_NETWORKS}. Fewer is a reduced row (the CPU checks use 5).",
           lower_bound=0),
+      report_only=flags.DEFINE_bool("report_only", False, "Run nothing: write and print the "
+                                    "table of what --workdir holds."),
       max_iterations=flags.DEFINE_integer(
           "max_iterations", 0, "Distil at most this many iterations; 0 = the published "
           "count. Fewer is a reduced row, continued by a later run without it.",
@@ -699,7 +702,8 @@ def main(argv):
   reduction = Reduction(_FLAGS.max_iterations.value, _FLAGS.eval_networks.value)
   table = Table(_FLAGS.workdir.value, _FLAGS.size.value, _FLAGS.data_dir.value, budget,
                 _FLAGS.max_chunk.value, reduction)
-  common.run_reporting_errors(table.run, rows)
+  if not _FLAGS.report_only.value:
+    common.run_reporting_errors(table.run, rows)
   records = table.records(rows)
   command = (f"python -m benchmarks.published_table --workdir={_FLAGS.workdir.value} "
              f"--size={_FLAGS.size.value} --methods={','.join(_FLAGS.methods.value)} "

@@ -242,6 +242,11 @@ def test_a_reduced_row_is_named_kept_and_continued(tiny_data, tmp_path):
   row_path = os.path.join(workdir, "dc_ipc1", pt.ROW_FILE)
   with open(row_path, "rb") as f:
     reduced = f.read()
+  # --report_only runs nothing, so the row's files stay as they are.
+  out, table = run_table(workdir, tiny_data, "--methods=dc", "--ipcs=1", "--report_only")
+  assert "continuing" not in out and table["rows"][0]["reduction"] == row["reduction"]
+  with open(row_path, "rb") as f:
+    assert f.read() == reduced
   # The same reduction again: finished, nothing re-runs.
   out, _ = run_table(workdir, tiny_data, "--methods=dc", "--ipcs=1", "--max_iterations=1",
                      "--eval_networks=1")

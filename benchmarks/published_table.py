@@ -330,12 +330,15 @@ class Table:
   def experts_dir(self) -> str:
     return os.path.join(self.workdir, "experts")
 
-  def config(self, row: Row):
-    """The row's published config, pointed at this table's data and expert buffer."""
+  def published_config(self, row: Row):
+    """The row's config at this size, without this run's reduction."""
     if row.method == "whole":
-      config = pub.whole_config(self.size)
-    else:
-      config = pub.distill_config(row.method, row.ipc, self.size)
+      return pub.whole_config(self.size)
+    return pub.distill_config(row.method, row.ipc, self.size)
+
+  def config(self, row: Row):
+    """The row's config as this run runs it: its data, expert buffer and reduction."""
+    config = self.published_config(row)
     config.data_dir = self.data_dir
     config.progress = False
     if row.method == "mtt":
@@ -576,12 +579,6 @@ class Table:
       out.append(row_record(row, result, "measured" if result else self.status(row), self.size,
                             reduction))
     return out
-
-  def published_config(self, row: Row):
-    """The row's config at this size, without this run's reduction."""
-    if row.method == "whole":
-      return pub.whole_config(self.size)
-    return pub.distill_config(row.method, row.ipc, self.size)
 
   def status(self, row: Row) -> str:
     from ddjax.distill import driver  # pylint: disable=g-import-not-at-top

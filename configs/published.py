@@ -94,6 +94,11 @@ _KIP_T1 = "std from KIP-ConvNet (NeurIPS 2021) Table 1, which quotes it"
 _KIP_T2 = "KIP-ConvNet (NeurIPS 2021) Table 2, KIP to NN (finite ConvNet), no std given"
 _DC_PAPER_T1 = ("DC/DSA papers' Table 1 (random-subset and whole-dataset baselines); not "
                 "checked against a readable copy of the tables, no std quoted")
+# The DSA abstract gives DSA's IPC-50 accuracy as 94.9 % of the whole-dataset one on
+# Fashion-MNIST; with DSA's verified 88.7, only a whole-dataset mean of 93.5 rounds to it
+# (93.4 gives 95.0, 93.6 gives 94.8).
+_WHOLE = ("DC/DSA papers' Table 1 as quoted in issue 16; no readable table, but the mean "
+          "is implied by the DSA abstract (IPC 50 is 94.9 % of whole: 88.7 / 93.5); no std")
 _NONE_DM = "none: the DM paper reports CIFAR-10/100 and TinyImageNet only"
 _NONE_MTT = "none: MTT reports CIFAR-10/100, TinyImageNet, ImageNet subsets (no MNIST loader)"
 _NONE_BPTT = "none retrieved: RaT-BPTT Table 1 (arXiv 2311.07025) was not readable here"
@@ -102,7 +107,7 @@ PUBLISHED: dict[tuple[str, int], Published] = {
     ("random", 1): Published(51.4, None, _DC_PAPER_T1),
     ("random", 10): Published(73.8, None, _DC_PAPER_T1),
     ("random", 50): Published(82.5, None, _DC_PAPER_T1),
-    ("whole", 0): Published(93.5, None, _DC_PAPER_T1),
+    ("whole", 0): Published(93.5, None, _WHOLE),
     ("dc", 1): Published(70.5, 0.6, f"{_DC_README}; {_KIP_T1}"),
     ("dc", 10): Published(82.3, 0.4, f"{_DC_README}; {_KIP_T1}"),
     ("dc", 50): Published(83.6, 0.4, f"{_DC_README}; {_KIP_T1}"),

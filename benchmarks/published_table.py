@@ -38,7 +38,11 @@ and `--eval_networks=N` trains N networks per protocol instead of 20; the table 
 cut in the row's status ("measured, reduced: 200 of 1,000 iterations; 5 networks") and in
 `reduction`. A reduced row is finished only for a run that asks for no more: a later run
 without the flags keeps its row.json as `row.reduced_<K>it_<N>nets.json`, continues the
-distillation from its checkpoint and evaluates again. `--report_only` runs nothing and
+distillation from its checkpoint and evaluates again. `--max_experts=E` trains MTT's
+first E experts (a prefix of the published buffer: expert i's keys are its own) and
+distils the MTT rows from them ("E of 100 experts"); a later run with more experts adds
+to the buffer but distils MTT again from the start, keeping the old row whole as
+`mtt_ipc<N>.reduced_<E>experts/` (its iterations sampled another buffer). `--report_only` runs nothing and
 writes the table of what --workdir holds.
 
 A killed invocation loses at most the work since the last checkpoint. Measured times go
@@ -97,6 +101,11 @@ def define_flags() -> types.SimpleNamespace:
       max_iterations=flags.DEFINE_integer(
           "max_iterations", 0, "Distil at most this many iterations; 0 = the published "
           "count. Fewer is a reduced row, continued by a later run without it.",
+          lower_bound=0),
+      max_experts=flags.DEFINE_integer(
+          "max_experts", 0, "Train MTT's experts up to this many and distil MTT from "
+          f"them; 0 = the published {pub.experts_config_for().num_experts}. Fewer is a "
+          "reduced MTT row, which a run with more experts distils again from the start.",
           lower_bound=0))
 
 
@@ -151,11 +160,13 @@ class Reduction:
   """
   max_iterations: int = 0
   eval_networks: int = 0
+  max_experts: int = 0
 
   def __post_init__(self):
-    if self.max_iterations < 0 or self.eval_networks < 0:
-      raise ValueError(f"--max_iterations and --eval_networks must be >= 0, got "
-                       f"{self.max_iterations} and {self.eval_networks}.")
+    if min(self.max_iterations, self.eval_networks, self.max_experts) < 0:
+      raise ValueError(f"--max_iterations, --eval_networks and --max_experts must be >= 0, "
+                       f"got {self.max_iterations}, {self.eval_networks} and "
+                       f"{self.max_experts}.")
 
   def apply(self, config) -> None:
     """Cuts the row's config in place."""
@@ -164,15 +175,35 @@ class Reduction:
     if self.eval_networks and "eval" in config:
       config.eval.num_seeds = self.eval_networks
 
+  def apply_experts(self, experts_config, mtt_config=None) -> None:
+    """Cuts the expert buffer (and the MTT row that reads it) in place.
+
+    Expert i's randomness is fold_in(seed, i) whatever the group size, so E experts are
+    the first E of the published buffer and a later run only adds to them.
+
+    Args:
+      experts_config: the experts' config (`num_experts`, `experts_per_batch`).
+      mtt_config: an MTT row's config; it then reads exactly the experts trained.
+    """
+    total = int(experts_config.num_experts)
+    if self.max_experts:
+      total = min(total, self.max_experts)
+      experts_config.num_experts = total
+      experts_config.experts_per_batch = min(int(experts_config.experts_per_batch), total)
+    if mtt_config is not None and self.max_experts:
+      mtt_config.mtt.num_experts = total
+
 
 def describe_reduction(record: dict[str, Any], published_iterations: int | None,
-                       published_networks: int) -> str | None:
+                       published_networks: int, published_experts: int | None = None
+                       ) -> str | None:
   """Names what a measured row cut ("200 of 1,000 iterations; 5 networks"), None if nothing.
 
   Args:
     record: the row's row.json.
     published_iterations: the published iteration count (None for the whole-data row).
     published_networks: the published number of evaluation networks.
+    published_experts: the published expert count (MTT rows; None for the others).
 
   Returns:
     The reduction in words, or None for a row at published settings.
@@ -182,6 +213,9 @@ def describe_reduction(record: dict[str, Any], published_iterations: int | None,
   if (published_iterations and done is not None and done < published_iterations
       and record.get("stop_reason") != "plateau"):
     parts.append(f"{done:,} of {published_iterations:,} iterations")
+  experts = record.get("num_experts")
+  if published_experts and experts is not None and experts < published_experts:
+    parts.append(f"{experts} of {published_experts} experts")
   networks = len(record.get("dc_all", []))
   if record.get("method") != "whole" and networks < published_networks:
     parts.append(f"{networks} network{'' if networks == 1 else 's'}")
@@ -343,6 +377,7 @@ class Table:
     config.progress = False
     if row.method == "mtt":
       config.mtt.buffer_dir = self.experts_dir()
+      self.reduction.apply_experts(pub.experts_config_for(self.size), config)
     self.reduction.apply(config)
     return config
 
@@ -350,7 +385,12 @@ class Table:
     config = pub.experts_config_for(self.size)
     config.data_dir = self.data_dir
     config.progress = False
+    self.reduction.apply_experts(config)
     return config
+
+  def row_experts(self, config) -> int:
+    """How many experts an MTT row's config distils from (0 in the config: all published)."""
+    return int(config.mtt.num_experts) or int(pub.experts_config_for(self.size).num_experts)
 
   # -- running
 
@@ -363,8 +403,10 @@ class Table:
         continue
       if os.path.exists(os.path.join(self.row_dir(row), ROW_FILE)):
         print(f"{row.name}: continuing a reduced row", flush=True)
-      if row.method == "mtt" and not self.run_experts():
-        return
+      if row.method == "mtt":
+        if not self.run_experts():
+          return
+        self._set_aside_other_experts(row)
       finished = self.run_whole(row) if row.method == "whole" else self.run_distilled(row)
       if not finished:
         return
@@ -375,9 +417,36 @@ class Table:
     if record is None or row.method == "whole":
       return record is not None
     config = self.config(row)
+    if row.method == "mtt" and record.get("num_experts", 0) < self.row_experts(config):
+      return False
     return ((record.get("iterations") or 0) >= int(config.num_iterations)
             or record.get("stop_reason") == "plateau") and (
                 len(record.get("dc_all", [])) >= int(config.eval.num_seeds))
+
+  def _set_aside_other_experts(self, row: Row) -> None:
+    """Moves an MTT row distilled from another number of experts out of the way.
+
+    Its iterations sampled another buffer, so continuing them would be neither that run
+    nor this one: the row starts again, and the old one is kept whole beside it as
+    `<row>.reduced_<E>experts/`.
+    """
+    row_dir = self.row_dir(row)
+    saved = _read_json(os.path.join(row_dir, "config.json"))
+    if saved is None:
+      return
+    published = int(pub.experts_config_for(self.size).num_experts)
+    before = int(saved.get("mtt", {}).get("num_experts", 0) or 0) or published
+    if before == self.row_experts(self.config(row)):
+      return
+    kept = f"{row_dir}.reduced_{before}experts"
+    n = 1
+    while os.path.exists(kept):
+      n += 1
+      kept = f"{row_dir}.reduced_{before}experts.{n}"
+    os.replace(row_dir, kept)
+    logging.info("%s: distilled from %d experts, kept as %s", row.name, before, kept)
+    print(f"{row.name}: the row distilled from {before} experts is kept as "
+          f"{os.path.basename(kept)}; distilling again from the start", flush=True)
 
   def _set_aside_reduced(self, row: Row) -> None:
     """Keeps a reduced row.json that a new evaluation supersedes, under a name of its own
@@ -524,6 +593,8 @@ class Table:
               "stop_reason": distilled.get("stop_reason"),
               "learned_lr": dset.learned_lr, "eval_epochs": int(config.eval.dc_epochs),
               "eval_augment": str(config.eval.dc_augment)}
+    if row.method == "mtt":
+      record["num_experts"] = self.row_experts(config)
     self._set_aside_reduced(row)
     workdir_lib.write_json(os.path.join(row_dir, ROW_FILE), record)
     print(f"{row.name}: DC protocol {100 * result['dc_mean']:.1f} ± "
@@ -575,7 +646,8 @@ class Table:
         published = self.published_config(row)
         reduction = describe_reduction(
             result, published.get("num_iterations"),
-            int(published.eval.num_seeds) if "eval" in published else 0)
+            int(published.eval.num_seeds) if "eval" in published else 0,
+            self.row_experts(published) if row.method == "mtt" else None)
       out.append(row_record(row, result, "measured" if result else self.status(row), self.size,
                             reduction))
     return out
@@ -696,7 +768,8 @@ def main(argv):
   rows = plan_rows(_FLAGS.methods.value, ipcs)
   os.makedirs(_FLAGS.workdir.value, exist_ok=True)
   budget = Budget(_FLAGS.budget.value, max_units=_FLAGS.max_units.value)
-  reduction = Reduction(_FLAGS.max_iterations.value, _FLAGS.eval_networks.value)
+  reduction = Reduction(_FLAGS.max_iterations.value, _FLAGS.eval_networks.value,
+                        _FLAGS.max_experts.value)
   table = Table(_FLAGS.workdir.value, _FLAGS.size.value, _FLAGS.data_dir.value, budget,
                 _FLAGS.max_chunk.value, reduction)
   if not _FLAGS.report_only.value:
@@ -707,7 +780,8 @@ def main(argv):
              f"--ipcs={','.join(_FLAGS.ipcs.value)}"
              + "".join(f" --{name}={value}" for name, value in (
                  ("max_iterations", reduction.max_iterations),
-                 ("eval_networks", reduction.eval_networks)) if value))
+                 ("eval_networks", reduction.eval_networks),
+                 ("max_experts", reduction.max_experts)) if value))
   from ddjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   text = format_table(records, command)
   with open(os.path.join(_FLAGS.workdir.value, "table.md"), "w") as f:

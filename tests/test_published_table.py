@@ -14,6 +14,7 @@ from benchmarks import published_table as pt
 from configs import published as pub
 from configs.distill import dc as dc_config
 from ddjax import classifier, models, train
+from ddjax import experts as experts_lib
 from ddjax.data import idx
 from ddjax.distill import driver, synset
 
@@ -216,6 +217,11 @@ def test_reduction_is_named_only_for_what_was_cut():
   assert pt.describe_reduction({"method": "random", "iterations": 0, "dc_all": [0.5] * 5},
                                0, 20) == "5 networks"
   assert pt.describe_reduction({"method": "whole", "dc_all": [0.9] * 3}, None, 20) is None
+  mtt = {"method": "mtt", "iterations": 50, "dc_all": [0.6] * 5, "num_experts": 2}
+  assert pt.describe_reduction(mtt, 5000, 20, 100) == (
+      "50 of 5,000 iterations; 2 of 100 experts; 5 networks")
+  assert pt.describe_reduction({**mtt, "iterations": 5000, "dc_all": [0.6] * 20,
+                                "num_experts": 100}, 5000, 20, 100) is None
 
 
 def test_reduction_cuts_the_config_and_rejects_negative_counts():
@@ -226,8 +232,21 @@ def test_reduction_cuts_the_config_and_rejects_negative_counts():
   pt.Reduction(max_iterations=10 ** 6).apply(config)          # never raises the count
   assert config.num_iterations == pub.distill_config("dc", 1).num_iterations
   assert config.eval.num_seeds == pub.EVAL_NETWORKS
-  with pytest.raises(ValueError, match="--max_iterations and --eval_networks must be >= 0"):
+  with pytest.raises(ValueError, match="--max_iterations, --eval_networks and --max_experts "
+                     "must be >= 0"):
     pt.Reduction(eval_networks=-1)
+  with pytest.raises(ValueError, match="must be >= 0"):
+    pt.Reduction(max_experts=-1)
+  # --max_experts cuts the buffer and the MTT row that reads it, never raises either.
+  experts, mtt = pub.experts_config_for(), pub.distill_config("mtt", 1)
+  pt.Reduction(max_experts=4).apply_experts(experts, mtt)
+  assert (experts.num_experts, experts.experts_per_batch, mtt.mtt.num_experts) == (4, 4, 4)
+  experts, mtt = pub.experts_config_for(), pub.distill_config("mtt", 1)
+  pt.Reduction(max_experts=10 ** 6).apply_experts(experts, mtt)
+  assert experts.num_experts == pub.experts_config_for().num_experts
+  experts, mtt = pub.experts_config_for(), pub.distill_config("mtt", 1)
+  pt.Reduction(max_iterations=5).apply_experts(experts, mtt)     # no expert cut: untouched
+  assert experts.num_experts == 100 and mtt.mtt.num_experts == 0
 
 
 def test_a_reduced_row_is_named_kept_and_continued(tiny_data, tmp_path):
@@ -265,6 +284,45 @@ def test_a_reduced_row_is_named_kept_and_continued(tiny_data, tmp_path):
   row = table["rows"][0]
   assert row["status"] == "measured" and row["reduction"] is None
   assert row["num_networks"] == networks
+
+
+def test_a_reduced_mtt_row_is_distilled_again_from_more_experts(tiny_data, tmp_path):
+  workdir = str(tmp_path / "table")
+  total = pub.experts_config_for("tiny").num_experts
+  assert total > 1
+  out, table = run_table(workdir, tiny_data, "--methods=mtt", "--ipcs=1", "--max_experts=1",
+                         "--eval_networks=1")
+  row = table["rows"][0]
+  assert row["reduction"] == f"1 of {total} experts; 1 network" and "--max_experts=1" in table[
+      "command"]
+  experts_dir = os.path.join(workdir, "experts")
+  assert [c["end"] for c in chunk_log(workdir, "experts")] == [1]
+  assert os.path.exists(experts_lib.expert_path(experts_dir, 0))
+  assert not os.path.exists(experts_lib.expert_path(experts_dir, 1))
+  with open(experts_lib.expert_path(experts_dir, 0), "rb") as f:
+    expert0 = f.read()
+  row_dir = os.path.join(workdir, "mtt_ipc1")
+  with open(os.path.join(row_dir, pt.ROW_FILE), "rb") as f:
+    reduced = f.read()
+  assert json.loads(reduced)["num_experts"] == 1
+  out, _ = run_table(workdir, tiny_data, "--methods=mtt", "--ipcs=1", "--max_experts=1",
+                     "--eval_networks=1")
+  assert "skip mtt_ipc1: finished" in out
+  # With every expert, the buffer grows (expert 0 is not retrained) and MTT distils again
+  # from the start; the row of one expert is kept whole.
+  out, table = run_table(workdir, tiny_data, "--methods=mtt", "--ipcs=1")
+  assert "kept as mtt_ipc1.reduced_1experts; distilling again from the start" in out
+  with open(os.path.join(row_dir + ".reduced_1experts", pt.ROW_FILE), "rb") as f:
+    assert f.read() == reduced
+  with open(experts_lib.expert_path(experts_dir, 0), "rb") as f:
+    assert f.read() == expert0
+  assert chunk_log(workdir, "experts")[-1]["end"] == total
+  assert [(c["start"], c["end"]) for c in chunk_log(workdir, "mtt_ipc1")
+          if c["kind"] == "distill"][0][0] == 0
+  row = table["rows"][0]
+  assert row["status"] == "measured" and row["reduction"] is None
+  with open(os.path.join(row_dir, pt.ROW_FILE)) as f:
+    assert json.load(f)["num_experts"] == total
 
 
 @pytest.mark.slow

@@ -42,8 +42,8 @@ distillation from its checkpoint and evaluates again. `--max_experts=E` trains M
 first E experts (a prefix of the published buffer: expert i's keys are its own) and
 distils the MTT rows from them ("E of 100 experts"); a later run with more experts adds
 to the buffer but distils MTT again from the start, keeping the old row whole as
-`mtt_ipc<N>.reduced_<E>experts/` (its iterations sampled another buffer). `--report_only` runs nothing and
-writes the table of what --workdir holds.
+`mtt_ipc<N>.reduced_<E>experts/` (its iterations sampled another buffer).
+`--report_only` runs nothing and writes the table of what --workdir holds.
 
 A killed invocation loses at most the work since the last checkpoint. Measured times go
 to `--workdir/timing.json`, every chunk to `<row>/chunks.jsonl`.
@@ -401,12 +401,12 @@ class Table:
         logging.info("%s: finished, skipped", row.name)
         print(f"skip {row.name}: finished", flush=True)
         continue
-      if os.path.exists(os.path.join(self.row_dir(row), ROW_FILE)):
-        print(f"{row.name}: continuing a reduced row", flush=True)
       if row.method == "mtt":
         if not self.run_experts():
           return
         self._set_aside_other_experts(row)
+      if os.path.exists(os.path.join(self.row_dir(row), ROW_FILE)):
+        print(f"{row.name}: continuing a reduced row", flush=True)
       finished = self.run_whole(row) if row.method == "whole" else self.run_distilled(row)
       if not finished:
         return

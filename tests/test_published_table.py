@@ -312,6 +312,7 @@ def test_a_reduced_mtt_row_is_distilled_again_from_more_experts(tiny_data, tmp_p
   # from the start; the row of one expert is kept whole.
   out, table = run_table(workdir, tiny_data, "--methods=mtt", "--ipcs=1")
   assert "kept as mtt_ipc1.reduced_1experts; distilling again from the start" in out
+  assert "continuing" not in out
   with open(os.path.join(row_dir + ".reduced_1experts", pt.ROW_FILE), "rb") as f:
     assert f.read() == reduced
   with open(experts_lib.expert_path(experts_dir, 0), "rb") as f:

@@ -246,7 +246,8 @@ def test_reduction_cuts_the_config_and_rejects_negative_counts():
   assert experts.num_experts == pub.experts_config_for().num_experts
   experts, mtt = pub.experts_config_for(), pub.distill_config("mtt", 1)
   pt.Reduction(max_iterations=5).apply_experts(experts, mtt)     # no expert cut: untouched
-  assert experts.num_experts == 100 and mtt.mtt.num_experts == 0
+  assert experts.num_experts == pub.experts_config_for().num_experts
+  assert mtt.mtt.num_experts == 0
 
 
 def test_a_reduced_row_is_named_kept_and_continued(tiny_data, tmp_path):
@@ -318,8 +319,9 @@ def test_a_reduced_mtt_row_is_distilled_again_from_more_experts(tiny_data, tmp_p
   with open(experts_lib.expert_path(experts_dir, 0), "rb") as f:
     assert f.read() == expert0
   assert chunk_log(workdir, "experts")[-1]["end"] == total
+  # Distilled afresh: the old row's config (1 expert) would have been refused, not resumed.
   assert [(c["start"], c["end"]) for c in chunk_log(workdir, "mtt_ipc1")
-          if c["kind"] == "distill"][0][0] == 0
+          if c["kind"] == "distill"] == [(0, pub.distill_config("mtt", 1, "tiny").num_iterations)]
   row = table["rows"][0]
   assert row["status"] == "measured" and row["reduction"] is None
   with open(os.path.join(row_dir, pt.ROW_FILE)) as f:

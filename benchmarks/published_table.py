@@ -434,8 +434,8 @@ class Table:
     saved = _read_json(os.path.join(row_dir, "config.json"))
     if saved is None:
       return
-    published = int(pub.experts_config_for(self.size).num_experts)
-    before = int(saved.get("mtt", {}).get("num_experts", 0) or 0) or published
+    before = (int(saved.get("mtt", {}).get("num_experts", 0) or 0)
+              or self.row_experts(self.published_config(row)))
     if before == self.row_experts(self.config(row)):
       return
     kept = f"{row_dir}.reduced_{before}experts"

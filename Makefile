@@ -85,7 +85,7 @@ test-fast: setup
 # DATA_DIR=DIR below) pointing at a directory that holds the four files.
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 FASHION_FILES := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
-.PHONY: fashion-mnist published-table
+.PHONY: fashion-mnist published-table published-table-seed published-table-docs
 fashion-mnist:
 	@missing=; for f in $(FASHION_FILES); do \
 	  test -f $(FASHION_DIR)/$$f.gz || test -f $(FASHION_DIR)/$$f || missing="$$missing $$f"; done; \
@@ -108,6 +108,15 @@ TABLE_WORKDIR ?= workdirs/published_table
 DATA_DIR ?=
 published-table: setup
 	$(PY) -m benchmarks.published_table --workdir=$(TABLE_WORKDIR) $(if $(DATA_DIR),--data_dir=$(DATA_DIR))
+
+# The committed evidence copy: seed a fresh workdir from it (rows it holds are kept, the
+# rows still distilling resume from their checkpoint), and copy a workdir's rows back
+# into it with the table of all rows (`--export_dir`, which refuses to drop a row).
+TABLE_DOCS ?= docs/published_table
+published-table-seed:
+	mkdir -p $(TABLE_WORKDIR) && cp -rn $(TABLE_DOCS)/. $(TABLE_WORKDIR)/
+published-table-docs: setup
+	$(PY) -m benchmarks.published_table --workdir=$(TABLE_WORKDIR) --report_only --export_dir=$(TABLE_DOCS)
 
 # Optional PyTorch references for the benchmarks (CPU torch, separate venv, no ddjax in
 # it: any Python that has a CPU torch wheel, the default python3 here).

@@ -45,6 +45,14 @@ to the buffer but distils MTT again from the start, keeping the old row whole as
 `mtt_ipc<N>.reduced_<E>experts/` (its iterations sampled another buffer).
 `--report_only` runs nothing and writes the table of what --workdir holds.
 
+The evidence copy. `--export_dir=DIR` (`make published-table-docs`: DIR is
+docs/published_table, the committed copy) copies every row --workdir holds, replacing
+that row's copy, with the table of all rows: row.json, the reduced rows it superseded,
+results, settings, logs, figures and the distilled set itself (`distilled.npz`), plus the
+latest checkpoint of a row that still has iterations to distil. A fresh machine resumes
+from the copy with `cp -rn DIR/. WORKDIR/`; an export that would drop a row the copy
+holds is refused.
+
 A killed invocation loses at most the work since the last checkpoint. Measured times go
 to `--workdir/timing.json`, every chunk to `<row>/chunks.jsonl`.
 """
@@ -98,6 +106,10 @@ def define_flags() -> types.SimpleNamespace:
           lower_bound=0),
       report_only=flags.DEFINE_bool("report_only", False, "Run nothing: write and print the "
                                     "table of what --workdir holds."),
+      export_dir=flags.DEFINE_string(
+          "export_dir", None, "After the run, copy every row's evidence (results, logs, "
+          "figures, distilled.npz; the latest checkpoint of a row still distilling) and the "
+          "whole table here, e.g. docs/published_table (make published-table-docs)."),
       max_iterations=flags.DEFINE_integer(
           "max_iterations", 0, "Distil at most this many iterations; 0 = the published "
           "count. Fewer is a reduced row, continued by a later run without it.",
@@ -671,6 +683,134 @@ class Table:
     return f"running: {results['iterations']}/{total} iterations"
 
 
+# ----------------------------------------------------------------------------- the evidence copy
+
+# A row's evidence: its published-protocol result (and the reduced ones it superseded),
+# settings, logs, figures and distilled set. Checkpoints are added only while a row has
+# iterations left to distil, so that a fresh machine continues it from the copy.
+EVIDENCE_FILES = (ROW_FILE, CHUNKS_FILE, "config.json", "metrics.jsonl", "results.json",
+                  "progress.png", "synthetic.png", "distilled.npz")
+EXPERTS_EVIDENCE = ("buffer.json", CHUNKS_FILE)   # the expert npz files (29 MB each) stay
+
+
+def distilling_left(table: Table, row: Row) -> bool:
+  """Whether `row` has published iterations left to distil (never for the baselines)."""
+  from ddjax.distill import driver  # pylint: disable=g-import-not-at-top
+  if row.method in BASELINES:
+    return False
+  results = _read_json(os.path.join(table.row_dir(row), driver.RESULTS_FILE))
+  if results is None:
+    return True
+  return (results["iterations"] < int(table.published_config(row).num_iterations)
+          and results.get("stop_reason") != "plateau")
+
+
+def _row_evidence(table: Table, row: Row) -> tuple[list[str], str | None]:
+  """The evidence files of `row` in the workdir, and its checkpoint step dir to copy."""
+  source = table.row_dir(row)
+  if not os.path.isdir(source):
+    return [], None
+  names = [n for n in sorted(os.listdir(source))
+           if n in EVIDENCE_FILES or (n.startswith("row.reduced_") and n.endswith(".json"))]
+  step_dir = None
+  checkpoints = os.path.join(source, "checkpoints")
+  if distilling_left(table, row) and os.path.isdir(checkpoints):
+    steps = [int(n) for n in os.listdir(checkpoints) if n.isdigit()]  # orbax: one dir a step
+    if steps:
+      step_dir = os.path.join("checkpoints", str(max(steps)))
+  return names, step_dir
+
+
+def _copy_row(source: str, names: list[str], step_dir: str | None, target: str) -> None:
+  import shutil  # pylint: disable=g-import-not-at-top
+  os.makedirs(target)
+  for name in names:
+    shutil.copy2(os.path.join(source, name), os.path.join(target, name))
+  if step_dir is not None:
+    shutil.copytree(os.path.join(source, step_dir), os.path.join(target, step_dir))
+
+
+def _swap_in(partial: str, final: str) -> None:
+  """Replaces `final` by the finished `partial` (the old copy is removed only after)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  old = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.old")
+  if os.path.exists(old):
+    shutil.rmtree(old)
+  if os.path.exists(final):
+    os.replace(final, old)
+  os.replace(partial, final)
+  if os.path.exists(old):
+    shutil.rmtree(old)
+
+
+def export_evidence(table: Table, dest: str, command: str) -> list[str]:
+  """Copies the evidence of every row `table`'s workdir holds to `dest`, with the table.
+
+  `dest` is the committed copy (docs/published_table): each row the workdir holds
+  replaces its copy there whole (written beside it, then swapped in), the table of all
+  15 rows is written from the workdir, and every other entry of `dest` (the controls) is
+  left as it is. A row measured in `dest` but absent from the workdir stops the export
+  before anything is written, as the new table would drop it: seed the workdir from the
+  copy first (`cp -rn DEST/. WORKDIR/`, which also resumes the rows the copy holds
+  checkpoints of).
+
+  Args:
+    table: the Table of the workdir to export.
+    dest: the evidence directory.
+    command: the command line the table's header names.
+
+  Returns:
+    The names of the rows copied.
+
+  Raises:
+    errors.WorkdirError: `dest` holds a measured row the workdir lacks, or is the workdir.
+  """
+  from ddjax import errors  # pylint: disable=g-import-not-at-top
+  from ddjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  if os.path.abspath(dest) == os.path.abspath(table.workdir):
+    raise errors.WorkdirError(f"--export_dir is the workdir itself ({dest}): name the "
+                              "committed copy, e.g. docs/published_table.")
+  rows = plan_rows(DEFAULT_METHODS, pub.TABLE_IPCS)
+  lost = [r.name for r in rows if os.path.exists(os.path.join(dest, r.name, ROW_FILE))
+          and not os.path.exists(os.path.join(table.row_dir(r), ROW_FILE))]
+  if lost:
+    raise errors.WorkdirError(
+        f"{dest} holds measured rows that {table.workdir} lacks ({', '.join(lost)}); the "
+        f"exported table would drop them. Seed the workdir first: cp -rn {dest}/. "
+        f"{table.workdir}/")
+  os.makedirs(dest, exist_ok=True)
+  copied = []
+  for row in rows:
+    names, step_dir = _row_evidence(table, row)
+    if not names and step_dir is None:    # never started (or only its empty directories)
+      continue
+    partial = os.path.join(dest, f".{row.name}.partial")
+    if os.path.exists(partial):
+      shutil.rmtree(partial)
+    _copy_row(table.row_dir(row), names, step_dir, partial)
+    _swap_in(partial, os.path.join(dest, row.name))
+    copied.append(row.name)
+  experts_dir = table.experts_dir()
+  if os.path.isdir(experts_dir):
+    partial = os.path.join(dest, ".experts.partial")
+    if os.path.exists(partial):
+      shutil.rmtree(partial)
+    os.makedirs(partial)
+    for name in EXPERTS_EVIDENCE:
+      if os.path.exists(os.path.join(experts_dir, name)):
+        shutil.copy2(os.path.join(experts_dir, name), os.path.join(partial, name))
+    _swap_in(partial, os.path.join(dest, "experts"))
+  records = table.records(rows)
+  workdir_lib.write_text(os.path.join(dest, "table.md"), format_table(records, command))
+  workdir_lib.write_json(os.path.join(dest, "table.json"),
+                         {"command": command, "rows": records, "stopped_before": table.stopped})
+  if os.path.exists(table.timing.path):
+    shutil.copy2(table.timing.path, os.path.join(dest, TIMING_FILE))
+  logging.info("Exported %d rows of %s to %s", len(copied), table.workdir, dest)
+  return copied
+
+
 def train_whole(config, row_dir: str, fits_epoch, max_epochs: int = 0, on_timing=None
                 ) -> dict[str, Any] | None:
   """ConvNet on the whole training set, `config.num_seeds` seeds vmapped, resumable.
@@ -791,6 +931,10 @@ def main(argv):
   print(text)
   done = sum(r["status"] == "measured" for r in records)
   reduced = sum(r["reduction"] is not None for r in records)
+  if _FLAGS.export_dir.value:
+    copied = common.run_reporting_errors(export_evidence, table, _FLAGS.export_dir.value,
+                                         command)
+    print(f"evidence of {len(copied)} rows copied to {_FLAGS.export_dir.value}")
   print(f"{done} of {len(records)} rows measured at published settings"
         + (f", {reduced} reduced" if reduced else "") + (
       f"; stopped before {table.stopped}: run again to continue" if table.stopped else ""))

@@ -203,7 +203,7 @@ def record_config(workdir: str, config: Any) -> str:
       old_config = old  # kept verbatim
     with open(os.path.join(workdir, CONFIG_HISTORY_FILE), "a") as f:
       f.write(json.dumps({"replaced_at": _now(), "config": old_config}) + "\n")
-  _write_text(path, text)
+  write_text(path, text)
   return path
 
 
@@ -505,7 +505,9 @@ def read_metrics(path: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def _write_text(path: str, text: str) -> None:
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically (a temp file, then rename): a reader or a crash
+  sees the old file or the new one, never a part."""
   tmp = f"{path}.tmp{os.getpid()}"  # per process: concurrent writers never share it
   with open(tmp, "w") as f:
     f.write(text)
@@ -516,4 +518,4 @@ def write_json(path: str, obj: Any) -> None:
   """Writes `obj` as JSON atomically (a temp file, then rename); process 0 only."""
   if not is_primary():
     return
-  _write_text(path, json.dumps(_to_python(obj), indent=2))
+  write_text(path, json.dumps(_to_python(obj), indent=2))

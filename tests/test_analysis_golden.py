@@ -6,9 +6,14 @@ module per analysis (commit 1bfe490); the committed demo report's claim table wa
 by that code too. Both must come out the same from the code of today.
 
 The floats of a training run depend on the CPU's instruction set and on the jax/XLA
-version, so the golden JSON holds for the machine and stack in `MACHINE.json` (the one CI
-runs on). On another, check the results first, then write new golden files with
-`PYTHONPATH=. python tests/test_analysis_golden.py --regenerate`.
+version (round-off grows through training: on an AVX2 CPU a near-zero coherence effect
+changes sign and near-tied influence ranks swap), so each golden set holds for the
+machine and stack in its `MACHINE.json`, and the test compares against the set made on
+the machine it runs on: tests/golden/tiny_avx512/ is the one the split was checked
+against; tiny_avx2/ was written by the same code (session 13) when CI moved to an AVX2
+CPU, after its differences from tiny_avx512/ were checked to be of that kind. On a
+machine with no set the test fails and says so: check the results first, then write a
+set for it with `PYTHONPATH=. python tests/test_analysis_golden.py --regenerate`.
 """
 
 import json
@@ -26,7 +31,8 @@ from ddjax import analysis
 from ddjax.analysis import reproduce
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-GOLDEN = os.path.join(ROOT, "tests", "golden", "tiny")
+GOLDEN_ROOT = os.path.join(ROOT, "tests", "golden")
+MACHINE_FILE = "MACHINE.json"
 # The committed demo reports: mnist5k (`make demo`) and Fashion-MNIST (BUILD_NOTES).
 DEMOS = [os.path.join(ROOT, "docs", name) for name in ("demo", "demo_fashion")]
 # Floats may differ by round-off only: scipy's Benjamini-Hochberg and Welch interval
@@ -93,6 +99,27 @@ def machine() -> dict:
           "scipy": scipy.__version__, "cpu": cpu, "isa": isa, "machine": platform.machine()}
 
 
+def golden_sets() -> dict[str, dict]:
+  """{directory: the machine its golden JSON was made on} for tests/golden/tiny_*/."""
+  out = {}
+  for name in sorted(os.listdir(GOLDEN_ROOT)):
+    path = os.path.join(GOLDEN_ROOT, name, MACHINE_FILE)
+    if name.startswith("tiny_") and os.path.exists(path):
+      with open(path) as f:
+        out[os.path.join(GOLDEN_ROOT, name)] = json.load(f)
+  return out
+
+
+def golden_dir_for(here: dict) -> str:
+  """The golden set made on `here`, or the directory a new one for it goes to."""
+  for directory, made_on in golden_sets().items():
+    if made_on == here:
+      return directory
+  return os.path.join(GOLDEN_ROOT, "tiny_" + ("avx512" if "avx512f" in here["isa"] else
+                                              "avx2" if "avx2" in here["isa"] else
+                                              here["machine"]))
+
+
 def tiny_reproduction(workdir: str) -> dict:
   """The tiny reproduction the golden files come from; returns its summary."""
   config = reproduce_config.get_config("dataset=mnist5k,size=tiny")
@@ -103,31 +130,44 @@ def tiny_reproduction(workdir: str) -> dict:
 
 @pytest.mark.slow
 def test_every_analysis_of_the_tiny_reproduction_is_unchanged(tmp_path):
+  here = machine()
+  sets = golden_sets()
+  directory = golden_dir_for(here)
+  assert directory in sets, (
+      f"no golden set was made on this machine ({here}); the sets are "
+      f"{ {os.path.basename(d): m for d, m in sets.items()} }: see this module's docstring")
   summary = tiny_reproduction(str(tmp_path / "repro"))
   assert not summary["failures"]
-  golden = sorted(f[:-5] for f in os.listdir(GOLDEN)
-                  if f.endswith(".json") and f != "MACHINE.json")
+  golden = sorted(f[:-5] for f in os.listdir(directory)
+                  if f.endswith(".json") and f != MACHINE_FILE)
   assert sorted(summary["analysis"]) == golden == sorted(analysis.names())
   problems = {}
   for name in golden:
-    with open(os.path.join(GOLDEN, f"{name}.json")) as f:
+    with open(os.path.join(directory, f"{name}.json")) as f:
       found = differences(summary["analysis"][name], json.load(f))
     if found:
       problems[name] = found[:10]
-  with open(os.path.join(GOLDEN, "MACHINE.json")) as f:
-    made_on = json.load(f)
-  here = machine()
-  assert not problems, (problems if made_on == here else {
-      "note": f"the golden files were made on {made_on}, this is {here}: see this "
-              "module's docstring", **problems})
+  assert not problems, problems
+
+
+def test_every_golden_set_holds_every_analysis_for_its_own_machine():
+  sets = golden_sets()
+  assert len(sets) >= 1 and len({json.dumps(m, sort_keys=True) for m in sets.values()}) == len(sets)
+  for directory, made_on in sets.items():
+    names = sorted(f[:-5] for f in os.listdir(directory)
+                   if f.endswith(".json") and f != MACHINE_FILE)
+    assert names == sorted(analysis.names()), directory
+    assert golden_dir_for(made_on) == directory
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--regenerate"]:
   import tempfile  # pylint: disable=g-import-not-at-top
+  target = golden_dir_for(machine())
   out = tiny_reproduction(tempfile.mkdtemp(prefix="golden_"))
+  os.makedirs(target, exist_ok=True)
   for key, result in out["analysis"].items():
-    with open(os.path.join(GOLDEN, f"{key}.json"), "w") as f:
+    with open(os.path.join(target, f"{key}.json"), "w") as f:
       json.dump(result, f, indent=2)
-  with open(os.path.join(GOLDEN, "MACHINE.json"), "w") as f:
+  with open(os.path.join(target, MACHINE_FILE), "w") as f:
     json.dump(machine(), f, indent=2)
-  print(f"wrote {len(out['analysis'])} golden files and MACHINE.json to {GOLDEN}")
+  print(f"wrote {len(out['analysis'])} golden files and {MACHINE_FILE} to {target}")

@@ -287,6 +287,65 @@ def test_a_reduced_row_is_named_kept_and_continued(tiny_data, tmp_path):
   assert row["num_networks"] == networks
 
 
+def tree_bytes(directory):
+  """{relative path: bytes} of every file under `directory`."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, directory)] = f.read()
+  return out
+
+
+def test_the_evidence_copy_resumes_on_a_fresh_machine_and_is_never_dropped(tiny_data, tmp_path):
+  workdir, docs = str(tmp_path / "table"), str(tmp_path / "docs")
+  os.makedirs(os.path.join(docs, "controls", "random_dsa_protocol"))
+  with open(os.path.join(docs, "controls", "random_dsa_protocol", "results.json"), "w") as f:
+    f.write("{}")
+  # One of dc's two iterations, then an export: the row is copied with its checkpoint.
+  out, _ = run_table(workdir, tiny_data, "--methods=random,dc", "--ipcs=1", "--max_units=3",
+                     "--max_chunk_iterations=1", f"--export_dir={docs}")
+  assert "evidence of 2 rows copied" in out
+  copied = tree_bytes(os.path.join(docs, "dc_ipc1"))
+  assert "checkpoints/1/" in "".join(copied) and driver.DISTILLED_FILE in copied
+  assert not any(p.startswith("checkpoints") for p in tree_bytes(os.path.join(docs, "random_ipc1")))
+  with open(os.path.join(docs, "table.json")) as f:
+    rows = {r["row"]: r["status"] for r in json.load(f)["rows"]}
+  assert len(rows) == 15 and rows["random_ipc1"] == "measured"
+  assert rows["dc_ipc1"] == "running: 1/2 iterations" and rows["dsa_ipc10"] == "not started"
+  # A fresh machine: a workdir seeded from the copy finishes the row from its checkpoint,
+  # with what one uninterrupted run computes.
+  fresh = str(tmp_path / "fresh")
+  subprocess.run(["cp", "-rn", f"{docs}/.", f"{fresh}/"], check=True)
+  out, table = run_table(fresh, tiny_data, "--methods=random,dc", "--ipcs=1",
+                         f"--export_dir={docs}")
+  assert "skip random_ipc1: finished" in out
+  assert [(c["start"], c["end"]) for c in chunk_log(fresh, "dc_ipc1")] == [(0, 1), (1, 2)]
+  assert [r["status"] for r in table["rows"]] == ["measured", "measured"]
+  config = pub.distill_config("dc", 1, "tiny")
+  config.data_dir, config.progress, config.eval.dc_protocol = tiny_data, False, False
+  straight = driver.run_distillation(config, str(tmp_path / "straight"))
+  np.testing.assert_allclose(
+      synset.load_distilled(os.path.join(docs, "dc_ipc1", driver.DISTILLED_FILE)).images,
+      synset.load_distilled(straight["distilled"]).images, rtol=1e-5, atol=1e-6)
+  # A finished row is copied without checkpoints; the controls are left as they were.
+  assert not any(p.startswith("checkpoints") for p in tree_bytes(os.path.join(docs, "dc_ipc1")))
+  assert os.path.exists(os.path.join(docs, "controls", "random_dsa_protocol", "results.json"))
+  assert not [n for n in os.listdir(docs) if n.startswith(".")]
+  # An export from a workdir that lacks a measured row is refused, and the copy is unchanged.
+  before = tree_bytes(docs)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.published_table",
+                         f"--workdir={tmp_path / 'other'}", "--size=tiny", "--report_only",
+                         f"--export_dir={docs}"], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: WorkdirError: ")
+  assert "lacks (random_ipc1, dc_ipc1)" in proc.stderr and "Traceback" not in proc.stderr
+  assert tree_bytes(docs) == before
+
+
 def test_a_reduced_mtt_row_is_distilled_again_from_more_experts(tiny_data, tmp_path):
   workdir = str(tmp_path / "table")
   total = pub.experts_config_for("tiny").num_experts

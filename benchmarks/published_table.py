@@ -805,8 +805,11 @@ def export_evidence(table: Table, dest: str, command: str) -> list[str]:
   workdir_lib.write_text(os.path.join(dest, "table.md"), format_table(records, command))
   workdir_lib.write_json(os.path.join(dest, "table.json"),
                          {"command": command, "rows": records, "stopped_before": table.stopped})
-  if os.path.exists(table.timing.path):
-    shutil.copy2(table.timing.path, os.path.join(dest, TIMING_FILE))
+  # Timings: the workdir's, over those of the copy (a seeded workdir measures only the
+  # units it ran; the others' measurements stay).
+  kept = _read_json(os.path.join(dest, TIMING_FILE)) or {}
+  if table.timing.data or kept:
+    workdir_lib.write_json(os.path.join(dest, TIMING_FILE), {**kept, **table.timing.data})
   logging.info("Exported %d rows of %s to %s", len(copied), table.workdir, dest)
   return copied
 

@@ -180,30 +180,79 @@ def test_one_unit_of_the_whole_row_trains_one_epoch(tiny_data, tmp_path):
   assert "s_per_epoch" in json.load(open(os.path.join(workdir, "timing.json")))["whole"]
 
 
-def test_a_stopped_row_resumes_from_its_checkpoint(tiny_data, tmp_path):
-  workdir = str(tmp_path / "table")
+def test_a_stopped_row_resumes_from_its_checkpoint_here_or_from_the_evidence_copy(
+    tiny_data, tmp_path):
+  workdir, docs = str(tmp_path / "table"), str(tmp_path / "docs")
+  os.makedirs(os.path.join(docs, "controls", "random_dsa_protocol"))
+  with open(os.path.join(docs, "controls", "random_dsa_protocol", "results.json"), "w") as f:
+    f.write("{}")
+  with open(os.path.join(docs, pt.TIMING_FILE), "w") as f:
+    json.dump({"whole": {"s_per_epoch": 1.0}}, f)
   out, table = run_table(workdir, tiny_data, "--methods=dc", "--ipcs=1", "--max_units=1",
-                         "--max_chunk_iterations=1")
+                         "--max_chunk_iterations=1", f"--export_dir={docs}")
   assert "stop before dc_ipc1 iterations 1..2" in out
   assert table["rows"][0]["status"] == "running: 1/2 iterations" and table["stopped_before"]
-  out, table = run_table(workdir, tiny_data, "--methods=dc", "--ipcs=1")
-  assert [(c["start"], c["end"]) for c in chunk_log(workdir, "dc_ipc1")] == [(0, 1), (1, 2)]
+  # The evidence copy: the row with its latest checkpoint, the table of all 15 rows, the
+  # workdir's timings over the copy's others; the controls are left as they were.
+  assert "evidence of 1 rows copied" in out
+  copied = tree_bytes(os.path.join(docs, "dc_ipc1"))
+  assert "checkpoints/1/" in "".join(copied) and driver.DISTILLED_FILE in copied
+  with open(os.path.join(docs, "table.json")) as f:
+    rows = {r["row"]: r["status"] for r in json.load(f)["rows"]}
+  assert len(rows) == 15 and rows["dc_ipc1"] == "running: 1/2 iterations"
+  assert rows["random_ipc1"] == "not started"
+  with open(os.path.join(docs, pt.TIMING_FILE)) as f:
+    timing = json.load(f)
+  assert timing["whole"] == {"s_per_epoch": 1.0} and "s_per_iteration" in timing["dc_ipc1:distill"]
+  # A fresh machine: a workdir seeded from the copy (make published-table-seed) finishes
+  # the row from that checkpoint.
+  fresh = str(tmp_path / "fresh")
+  subprocess.run(["cp", "-rn", f"{docs}/.", f"{fresh}/"], check=True)
+  out, table = run_table(fresh, tiny_data, "--methods=dc", "--ipcs=1", f"--export_dir={docs}")
+  assert [(c["start"], c["end"]) for c in chunk_log(fresh, "dc_ipc1")] == [(0, 1), (1, 2)]
   assert table["rows"][0]["status"] == "measured" and table["stopped_before"] is None
+  assert not any(p.startswith("checkpoints") for p in tree_bytes(os.path.join(docs, "dc_ipc1")))
+  assert os.path.exists(os.path.join(docs, "controls", "random_dsa_protocol", "results.json"))
+  assert not [n for n in os.listdir(docs) if n.startswith(".")]
   # Each chunk's closing evaluation is a one-network progress point; the published
   # protocol, over all the evaluation networks, runs once, in the evaluation unit.
-  with open(os.path.join(workdir, "dc_ipc1", driver.RESULTS_FILE)) as f:
+  with open(os.path.join(fresh, "dc_ipc1", driver.RESULTS_FILE)) as f:
     assert len(json.load(f)["protocol_a_all"]) == 1
-  with open(os.path.join(workdir, "dc_ipc1", pt.ROW_FILE)) as f:
+  with open(os.path.join(fresh, "dc_ipc1", pt.ROW_FILE)) as f:
     row = json.load(f)
   assert len(row["protocol_a_all"]) == len(row["dc_all"]) == pub.distill_config(
       "dc", 1, "tiny").eval.num_seeds > 1
-  # Distilled in two invocations = distilled in one: the driver's keys are fold_in(key, i).
+  # Distilled in two invocations on two "machines" = distilled in one: the driver's keys
+  # are fold_in(key, i).
   config = pub.distill_config("dc", 1, "tiny")
   config.data_dir, config.progress, config.eval.dc_protocol = tiny_data, False, False
   straight = driver.run_distillation(config, str(tmp_path / "straight"))
-  chunked = synset.load_distilled(os.path.join(workdir, "dc_ipc1", driver.DISTILLED_FILE))
+  chunked = synset.load_distilled(os.path.join(docs, "dc_ipc1", driver.DISTILLED_FILE))
   np.testing.assert_allclose(chunked.images, synset.load_distilled(straight["distilled"]).images,
                              rtol=1e-5, atol=1e-6)
+  # An export from a workdir that lacks a row the copy has measured is refused, in one
+  # line, and the copy is left byte-identical.
+  before = tree_bytes(docs)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.published_table",
+                         f"--workdir={tmp_path / 'other'}", "--size=tiny", "--report_only",
+                         f"--export_dir={docs}"], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: WorkdirError: ")
+  assert "lacks (dc_ipc1)" in proc.stderr
+  assert tree_bytes(docs) == before
+
+
+def tree_bytes(directory):
+  """{relative path: bytes} of every file under `directory`."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, directory)] = f.read()
+  return out
 
 
 def test_reduction_is_named_only_for_what_was_cut():
@@ -285,65 +334,6 @@ def test_a_reduced_row_is_named_kept_and_continued(tiny_data, tmp_path):
   row = table["rows"][0]
   assert row["status"] == "measured" and row["reduction"] is None
   assert row["num_networks"] == networks
-
-
-def tree_bytes(directory):
-  """{relative path: bytes} of every file under `directory`."""
-  out = {}
-  for root, _, files in os.walk(directory):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, directory)] = f.read()
-  return out
-
-
-def test_the_evidence_copy_resumes_on_a_fresh_machine_and_is_never_dropped(tiny_data, tmp_path):
-  workdir, docs = str(tmp_path / "table"), str(tmp_path / "docs")
-  os.makedirs(os.path.join(docs, "controls", "random_dsa_protocol"))
-  with open(os.path.join(docs, "controls", "random_dsa_protocol", "results.json"), "w") as f:
-    f.write("{}")
-  # One of dc's two iterations, then an export: the row is copied with its checkpoint.
-  out, _ = run_table(workdir, tiny_data, "--methods=random,dc", "--ipcs=1", "--max_units=3",
-                     "--max_chunk_iterations=1", f"--export_dir={docs}")
-  assert "evidence of 2 rows copied" in out
-  copied = tree_bytes(os.path.join(docs, "dc_ipc1"))
-  assert "checkpoints/1/" in "".join(copied) and driver.DISTILLED_FILE in copied
-  assert not any(p.startswith("checkpoints") for p in tree_bytes(os.path.join(docs, "random_ipc1")))
-  with open(os.path.join(docs, "table.json")) as f:
-    rows = {r["row"]: r["status"] for r in json.load(f)["rows"]}
-  assert len(rows) == 15 and rows["random_ipc1"] == "measured"
-  assert rows["dc_ipc1"] == "running: 1/2 iterations" and rows["dsa_ipc10"] == "not started"
-  # A fresh machine: a workdir seeded from the copy finishes the row from its checkpoint,
-  # with what one uninterrupted run computes.
-  fresh = str(tmp_path / "fresh")
-  subprocess.run(["cp", "-rn", f"{docs}/.", f"{fresh}/"], check=True)
-  out, table = run_table(fresh, tiny_data, "--methods=random,dc", "--ipcs=1",
-                         f"--export_dir={docs}")
-  assert "skip random_ipc1: finished" in out
-  assert [(c["start"], c["end"]) for c in chunk_log(fresh, "dc_ipc1")] == [(0, 1), (1, 2)]
-  assert [r["status"] for r in table["rows"]] == ["measured", "measured"]
-  config = pub.distill_config("dc", 1, "tiny")
-  config.data_dir, config.progress, config.eval.dc_protocol = tiny_data, False, False
-  straight = driver.run_distillation(config, str(tmp_path / "straight"))
-  np.testing.assert_allclose(
-      synset.load_distilled(os.path.join(docs, "dc_ipc1", driver.DISTILLED_FILE)).images,
-      synset.load_distilled(straight["distilled"]).images, rtol=1e-5, atol=1e-6)
-  # A finished row is copied without checkpoints; the controls are left as they were.
-  assert not any(p.startswith("checkpoints") for p in tree_bytes(os.path.join(docs, "dc_ipc1")))
-  assert os.path.exists(os.path.join(docs, "controls", "random_dsa_protocol", "results.json"))
-  assert not [n for n in os.listdir(docs) if n.startswith(".")]
-  # An export from a workdir that lacks a measured row is refused, and the copy is unchanged.
-  before = tree_bytes(docs)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  proc = subprocess.run([sys.executable, "-m", "benchmarks.published_table",
-                         f"--workdir={tmp_path / 'other'}", "--size=tiny", "--report_only",
-                         f"--export_dir={docs}"], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=600)
-  assert proc.returncode != 0
-  assert proc.stderr.strip().splitlines()[-1].startswith("error: WorkdirError: ")
-  assert "lacks (random_ipc1, dc_ipc1)" in proc.stderr and "Traceback" not in proc.stderr
-  assert tree_bytes(docs) == before
 
 
 def test_a_reduced_mtt_row_is_distilled_again_from_more_experts(tiny_data, tmp_path):

@@ -735,7 +735,10 @@ def _swap_in(partial: str, final: str) -> None:
   import shutil  # pylint: disable=g-import-not-at-top
   old = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.old")
   if os.path.exists(old):
-    shutil.rmtree(old)
+    if os.path.exists(final):
+      shutil.rmtree(old)
+    else:                      # an earlier swap stopped between its renames: old is the copy
+      os.replace(old, final)
   if os.path.exists(final):
     os.replace(final, old)
   os.replace(partial, final)
@@ -749,10 +752,11 @@ def export_evidence(table: Table, dest: str, command: str) -> list[str]:
   `dest` is the committed copy (docs/published_table): each row the workdir holds
   replaces its copy there whole (written beside it, then swapped in), the table of all
   15 rows is written from the workdir, and every other entry of `dest` (the controls) is
-  left as it is. A row measured in `dest` but absent from the workdir stops the export
-  before anything is written, as the new table would drop it: seed the workdir from the
-  copy first (`cp -rn DEST/. WORKDIR/`, which also resumes the rows the copy holds
-  checkpoints of).
+  left as it is. A row `dest` holds (measured, or partly distilled) but the workdir lacks
+  stops the export before anything is written, as the new table would drop it: seed the
+  workdir from the copy first (`cp -rn DEST/. WORKDIR/`, which also resumes the rows the
+  copy holds checkpoints of). An export stopped between a row's two renames is
+  completed by the next one, never lost.
 
   Args:
     table: the Table of the workdir to export.
@@ -763,7 +767,8 @@ def export_evidence(table: Table, dest: str, command: str) -> list[str]:
     The names of the rows copied.
 
   Raises:
-    errors.WorkdirError: `dest` holds a measured row the workdir lacks, or is the workdir.
+    errors.WorkdirError: `dest` holds a row (measured or distilling) the workdir lacks, or
+      is the workdir.
   """
   from ddjax import errors  # pylint: disable=g-import-not-at-top
   from ddjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -772,13 +777,15 @@ def export_evidence(table: Table, dest: str, command: str) -> list[str]:
     raise errors.WorkdirError(f"--export_dir is the workdir itself ({dest}): name the "
                               "committed copy, e.g. docs/published_table.")
   rows = plan_rows(DEFAULT_METHODS, pub.TABLE_IPCS)
-  lost = [r.name for r in rows if os.path.exists(os.path.join(dest, r.name, ROW_FILE))
-          and not os.path.exists(os.path.join(table.row_dir(r), ROW_FILE))]
+  def held(directory: str) -> bool:   # measured, or with iterations distilled
+    return any(os.path.exists(os.path.join(directory, name)) for name in (ROW_FILE, "results.json"))
+
+  lost = [r.name for r in rows
+          if held(os.path.join(dest, r.name)) and not held(table.row_dir(r))]
   if lost:
     raise errors.WorkdirError(
-        f"{dest} holds measured rows that {table.workdir} lacks ({', '.join(lost)}); the "
-        f"exported table would drop them. Seed the workdir first: cp -rn {dest}/. "
-        f"{table.workdir}/")
+        f"{dest} holds rows that {table.workdir} lacks ({', '.join(lost)}); the exported "
+        f"table would drop them. Seed the workdir first: cp -rn {dest}/. {table.workdir}/")
   os.makedirs(dest, exist_ok=True)
   copied = []
   for row in rows:

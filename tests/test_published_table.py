@@ -244,6 +244,23 @@ def test_a_stopped_row_resumes_from_its_checkpoint_here_or_from_the_evidence_cop
   assert tree_bytes(docs) == before
 
 
+def test_a_swap_stopped_between_its_renames_is_completed_not_lost(tmp_path):
+  final, partial = tmp_path / "dc_ipc1", tmp_path / ".dc_ipc1.partial"
+  old = tmp_path / ".dc_ipc1.old"
+  # An export stopped after moving the copy aside and before moving the new row in; the
+  # next one fails too (its partial row is missing): the copy must survive both.
+  old.mkdir()
+  (old / "row.json").write_text("the copy")
+  with pytest.raises(FileNotFoundError):
+    pt._swap_in(str(partial), str(final))
+  assert [p.read_text() for p in tmp_path.glob("*/row.json")] == ["the copy"]
+  # A whole swap then replaces it and leaves nothing beside the row.
+  partial.mkdir()
+  (partial / "row.json").write_text("new")
+  pt._swap_in(str(partial), str(final))
+  assert (final / "row.json").read_text() == "new" and os.listdir(tmp_path) == ["dc_ipc1"]
+
+
 def tree_bytes(directory):
   """{relative path: bytes} of every file under `directory`."""
   out = {}

@@ -133,7 +133,7 @@ def test_every_analysis_of_the_tiny_reproduction_is_unchanged(tmp_path):
   here = machine()
   sets = golden_sets()
   directory = golden_dir_for(here)
-  assert directory in sets, (
+  assert sets.get(directory) == here, (
       f"no golden set was made on this machine ({here}); the sets are "
       f"{ {os.path.basename(d): m for d, m in sets.items()} }: see this module's docstring")
   summary = tiny_reproduction(str(tmp_path / "repro"))

@@ -64,6 +64,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import time
 import types
 from typing import Any
@@ -350,6 +351,13 @@ def _log_chunk(row_dir: str, step: int, **record) -> None:
   workdir_lib.MetricWriter(row_dir, CHUNKS_FILE).write(step, **record)
 
 
+def distilled_to(results: dict[str, Any] | None, total: int) -> bool:
+  """Whether a row's results.json says its distillation is done: `total` iterations, or
+  stopped early at a plateau."""
+  return bool(results) and (results["iterations"] >= total
+                            or results.get("stop_reason") == "plateau")
+
+
 def _read_json(path: str) -> dict[str, Any] | None:
   if not os.path.exists(path):
     return None
@@ -519,8 +527,7 @@ class Table:
     total, every = int(config.num_iterations), max(int(config.checkpoint_every), 1)
     key = f"{row.name}:distill"
     while True:
-      results = _read_json(os.path.join(row_dir, driver.RESULTS_FILE))
-      if results and (results["iterations"] >= total or results.get("stop_reason") == "plateau"):
+      if distilled_to(_read_json(os.path.join(row_dir, driver.RESULTS_FILE)), total):
         break
       with checkpoint.Checkpointer(os.path.join(row_dir, "checkpoints")) as ckpt:
         done = ckpt.latest_step() or 0
@@ -698,11 +705,8 @@ def distilling_left(table: Table, row: Row) -> bool:
   from ddjax.distill import driver  # pylint: disable=g-import-not-at-top
   if row.method in BASELINES:
     return False
-  results = _read_json(os.path.join(table.row_dir(row), driver.RESULTS_FILE))
-  if results is None:
-    return True
-  return (results["iterations"] < int(table.published_config(row).num_iterations)
-          and results.get("stop_reason") != "plateau")
+  return not distilled_to(_read_json(os.path.join(table.row_dir(row), driver.RESULTS_FILE)),
+                         int(table.published_config(row).num_iterations))
 
 
 def _row_evidence(table: Table, row: Row) -> tuple[list[str], str | None]:
@@ -721,18 +725,21 @@ def _row_evidence(table: Table, row: Row) -> tuple[list[str], str | None]:
   return names, step_dir
 
 
-def _copy_row(source: str, names: list[str], step_dir: str | None, target: str) -> None:
-  import shutil  # pylint: disable=g-import-not-at-top
-  os.makedirs(target)
+def _replace_copy(source: str, names: list[str], step_dir: str | None, final: str) -> None:
+  """Copies `names` (and `step_dir`) of `source` beside `final`, then swaps it in."""
+  partial = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.partial")
+  if os.path.exists(partial):                # left by an export stopped while copying
+    shutil.rmtree(partial)
+  os.makedirs(partial)
   for name in names:
-    shutil.copy2(os.path.join(source, name), os.path.join(target, name))
+    shutil.copy2(os.path.join(source, name), os.path.join(partial, name))
   if step_dir is not None:
-    shutil.copytree(os.path.join(source, step_dir), os.path.join(target, step_dir))
+    shutil.copytree(os.path.join(source, step_dir), os.path.join(partial, step_dir))
+  _swap_in(partial, final)
 
 
 def _swap_in(partial: str, final: str) -> None:
   """Replaces `final` by the finished `partial` (the old copy is removed only after)."""
-  import shutil  # pylint: disable=g-import-not-at-top
   old = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.old")
   if os.path.exists(old):
     if os.path.exists(final):
@@ -772,7 +779,6 @@ def export_evidence(table: Table, dest: str, command: str) -> list[str]:
   """
   from ddjax import errors  # pylint: disable=g-import-not-at-top
   from ddjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  import shutil  # pylint: disable=g-import-not-at-top
   if os.path.abspath(dest) == os.path.abspath(table.workdir):
     raise errors.WorkdirError(f"--export_dir is the workdir itself ({dest}): name the "
                               "committed copy, e.g. docs/published_table.")
@@ -792,22 +798,12 @@ def export_evidence(table: Table, dest: str, command: str) -> list[str]:
     names, step_dir = _row_evidence(table, row)
     if not names and step_dir is None:    # never started (or only its empty directories)
       continue
-    partial = os.path.join(dest, f".{row.name}.partial")
-    if os.path.exists(partial):
-      shutil.rmtree(partial)
-    _copy_row(table.row_dir(row), names, step_dir, partial)
-    _swap_in(partial, os.path.join(dest, row.name))
+    _replace_copy(table.row_dir(row), names, step_dir, os.path.join(dest, row.name))
     copied.append(row.name)
   experts_dir = table.experts_dir()
   if os.path.isdir(experts_dir):
-    partial = os.path.join(dest, ".experts.partial")
-    if os.path.exists(partial):
-      shutil.rmtree(partial)
-    os.makedirs(partial)
-    for name in EXPERTS_EVIDENCE:
-      if os.path.exists(os.path.join(experts_dir, name)):
-        shutil.copy2(os.path.join(experts_dir, name), os.path.join(partial, name))
-    _swap_in(partial, os.path.join(dest, "experts"))
+    names = [n for n in EXPERTS_EVIDENCE if os.path.exists(os.path.join(experts_dir, n))]
+    _replace_copy(experts_dir, names, None, os.path.join(dest, "experts"))
   records = table.records(rows)
   workdir_lib.write_text(os.path.join(dest, "table.md"), format_table(records, command))
   workdir_lib.write_json(os.path.join(dest, "table.json"),

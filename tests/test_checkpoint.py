@@ -9,22 +9,13 @@ import numpy as np
 import pytest
 
 from ddjax import checkpoint, models, train
+from files import tree_bytes  # tests/files.py
 
 
 def _state(width=4):
   model = models.get_model("convnet", 3, width=width, depth=1)
   variables = models.init_variables(model, jax.random.PRNGKey(0), (1, 8, 8, 1))
   return train.create_train_state(variables, train.sgd_momentum(0.01, 0.9))
-
-
-def _snapshot(directory):
-  out = {}
-  for root, _, files in os.walk(directory):
-    for f in files:
-      p = os.path.join(root, f)
-      with open(p, "rb") as fh:
-        out[p] = fh.read()
-  return out
 
 
 def test_save_restore_roundtrip_and_latest(tmp_path):
@@ -46,11 +37,11 @@ def test_incompatible_checkpoint_is_refused_untouched(tmp_path):
   directory = str(tmp_path / "ckpt")
   with checkpoint.Checkpointer(directory) as ckpt:
     ckpt.save(1, _state(width=4))
-  before = _snapshot(directory)
+  before = tree_bytes(directory)
   with checkpoint.Checkpointer(directory) as ckpt:
     with pytest.raises(checkpoint.CheckpointError, match="incompatible.*another config"):
       ckpt.restore(_state(width=8))
-  assert _snapshot(directory) == before
+  assert tree_bytes(directory) == before
 
 
 def test_corrupt_checkpoint_is_refused_untouched(tmp_path):
@@ -62,11 +53,11 @@ def test_corrupt_checkpoint_is_refused_untouched(tmp_path):
     for f in files:
       with open(os.path.join(root, f), "wb") as fh:
         fh.write(b"\x00garbage")
-  before = _snapshot(directory)
+  before = tree_bytes(directory)
   with checkpoint.Checkpointer(directory) as ckpt:
     with pytest.raises(checkpoint.CheckpointError, match="corrupt or unreadable.*left untouched"):
       ckpt.restore(_state())
-  assert _snapshot(directory) == before
+  assert tree_bytes(directory) == before
 
 
 def test_non_finite_checkpoint_is_refused(tmp_path):

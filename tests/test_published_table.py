@@ -17,6 +17,7 @@ from ddjax import classifier, models, train
 from ddjax import experts as experts_lib
 from ddjax.data import idx
 from ddjax.distill import driver, synset
+from files import tree_bytes  # tests/files.py
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -259,17 +260,6 @@ def test_a_swap_stopped_between_its_renames_is_completed_not_lost(tmp_path):
   (partial / "row.json").write_text("new")
   pt._swap_in(str(partial), str(final))
   assert (final / "row.json").read_text() == "new" and os.listdir(tmp_path) == ["dc_ipc1"]
-
-
-def tree_bytes(directory):
-  """{relative path: bytes} of every file under `directory`."""
-  out = {}
-  for root, _, files in os.walk(directory):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, directory)] = f.read()
-  return out
 
 
 def test_reduction_is_named_only_for_what_was_cut():

@@ -2,6 +2,7 @@
 and launch/distill.py as a subprocess."""
 
 import functools
+import importlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from PIL import Image
 
 from configs.distill import dm as dm_config
 from configs.distill import random as random_config
-from ddjax import checkpoint, data, errors
+from ddjax import checkpoint, data, distill, errors
 from ddjax.distill import base, dm, driver, random_real, synset
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -36,6 +37,24 @@ def _tiny(config):
 def _metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
+
+
+# ----------------------------------------------------------------------------- method configs
+
+
+@pytest.mark.parametrize("method", ["bptt", "dc", "dsa", "dm", "mtt", "kip"])
+def test_a_config_without_its_method_section_fails_in_one_line(method):
+  module = importlib.import_module(f"configs.distill.{method}")
+  config = module.get_config()
+  assert distill.get_method(method).hparams(config) is config[method]
+  with config.unlocked():
+    del config[method]
+  with pytest.raises(errors.ConfigError) as raised:
+    distill.get_method(method).hparams(config)
+  assert str(raised.value) == (f"Config for method {method!r} lacks its hyperparameters "
+                               f"(config.{method}); build it with configs/distill/{method}.py.")
+  net = base.make_model(module.get_config(), 10)
+  assert type(net).__name__ == "ConvNet" and net.num_classes == 10
 
 
 # ----------------------------------------------------------------------------- distilled-set file

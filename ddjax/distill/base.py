@@ -26,12 +26,44 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddjax import errors
+from ddjax import errors, models
 
-__all__ = ["DistillState", "DistillationDiverged", "RealData", "check_finite", "make_real_data",
-           "sample_class_indices", "sample_per_class"]
+__all__ = ["DistillState", "DistillationDiverged", "RealData", "check_finite", "make_model",
+           "make_real_data", "method_hparams", "sample_class_indices", "sample_per_class"]
 
 PyTree = Any
+
+
+def method_hparams(config, method: str):
+  """A method's hyperparameters, the config section named after it.
+
+  Args:
+    config: a configs/distill/<method>.py config.
+    method: the section's name ('dc', 'dsa', 'dm', 'mtt', 'bptt' or 'kip').
+
+  Returns:
+    config.<method>.
+
+  Raises:
+    ConfigError: the config lacks that section.
+  """
+  if method not in config:
+    raise errors.ConfigError(f"Config for method {method!r} lacks its hyperparameters "
+                             f"(config.{method}); build it with configs/distill/{method}.py.")
+  return config[method]
+
+
+def make_model(config, num_classes: int):
+  """The distillation network: config.model with config.model_kwargs.
+
+  Args:
+    config: the distillation config.
+    num_classes: the size of the head.
+
+  Returns:
+    The flax module.
+  """
+  return models.get_model(config.model, num_classes, **config.model_kwargs)
 
 
 class DistillationDiverged(FloatingPointError, errors.DdjaxError):

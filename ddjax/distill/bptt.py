@@ -44,34 +44,19 @@ PyTree = Any
 
 
 def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The method's hyperparameters.
+  """The method's hyperparameters (`base.method_hparams`).
 
   Args:
     config: a configs/distill/bptt.py config.
 
   Returns:
-    config.bptt.
-
-  Raises:
-    ConfigError: the config lacks them.
+    config.bptt; a ConfigError if the config lacks it.
   """
-  if "bptt" not in config:
-    raise ConfigError("Config for method 'bptt' lacks its hyperparameters (config.bptt); build it "
-                      "with configs/distill/bptt.py.")
-  return config.bptt
+  return base.method_hparams(config, "bptt")
 
 
-def make_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The distillation network: config.model with config.model_kwargs.
-
-  Args:
-    config: the distillation config.
-    num_classes: the size of the head.
-
-  Returns:
-    The flax module.
-  """
-  return models.get_model(config.model, num_classes, **config.model_kwargs)
+# The distillation network, config.model with config.model_kwargs.
+make_model = base.make_model
 
 
 def check_stateless(variables: dict, method: str) -> None:

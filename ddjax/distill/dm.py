@@ -32,34 +32,19 @@ __all__ = ["distill_step", "init_state", "make_model", "matching_loss"]
 
 
 def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The method's hyperparameters.
+  """The method's hyperparameters (`base.method_hparams`).
 
   Args:
     config: a configs/distill/dm.py config.
 
   Returns:
-    config.dm.
-
-  Raises:
-    ConfigError: the config lacks them.
+    config.dm; a ConfigError if the config lacks it.
   """
-  if "dm" not in config:
-    raise ConfigError("Config for method 'dm' lacks its hyperparameters (config.dm); build it with "
-                      "configs/distill/dm.py.")
-  return config.dm
+  return base.method_hparams(config, "dm")
 
 
-def make_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The distillation network: config.model with config.model_kwargs.
-
-  Args:
-    config: the distillation config.
-    num_classes: the size of the head.
-
-  Returns:
-    The flax module.
-  """
-  return models.get_model(config.model, num_classes, **config.model_kwargs)
+# The distillation network, config.model with config.model_kwargs.
+make_model = base.make_model
 
 
 def image_optimizer(hp: ml_collections.ConfigDict) -> optax.GradientTransformation:

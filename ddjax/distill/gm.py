@@ -79,10 +79,7 @@ def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """
   if config.method not in ("dc", "dsa"):
     raise ConfigError(f"ddjax.distill.gm implements 'dc' and 'dsa', not {config.method!r}.")
-  if config.method not in config:
-    raise ConfigError(f"Config for method {config.method!r} lacks its hyperparameters "
-                      f"(config.{config.method}); build it with configs/distill/{config.method}.py.")
-  return config[config.method]
+  return base.method_hparams(config, config.method)
 
 
 # ----------------------------------------------------------------------------- distances
@@ -147,17 +144,8 @@ def match_distance(g_real: PyTree, g_syn: PyTree, metric: str = "ours") -> jax.A
 # ----------------------------------------------------------------------------- pieces
 
 
-def make_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The distillation network: config.model with config.model_kwargs.
-
-  Args:
-    config: the distillation config.
-    num_classes: the size of the head.
-
-  Returns:
-    The flax module.
-  """
-  return models.get_model(config.model, num_classes, **config.model_kwargs)
+# The distillation network, config.model with config.model_kwargs.
+make_model = base.make_model
 
 
 def map_classes(fn, args: tuple, class_batch: int):

@@ -51,21 +51,15 @@ KERNEL_IMPLS = ("ddjax", "neural_tangents")
 
 
 def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The method's hyperparameters.
+  """The method's hyperparameters (`base.method_hparams`).
 
   Args:
     config: a configs/distill/kip.py config.
 
   Returns:
-    config.kip.
-
-  Raises:
-    ValueError: the config lacks them.
+    config.kip; a ConfigError if the config lacks it.
   """
-  if "kip" not in config:
-    raise ValueError("Config for method 'kip' lacks its hyperparameters (config.kip); build it "
-                     "with configs/distill/kip.py.")
-  return config.kip
+  return base.method_hparams(config, "kip")
 
 
 def _neural_tangents():

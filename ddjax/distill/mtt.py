@@ -51,34 +51,19 @@ class ExpertTrajectories:
 
 
 def hparams(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The method's hyperparameters.
+  """The method's hyperparameters (`base.method_hparams`).
 
   Args:
     config: a configs/distill/mtt.py config.
 
   Returns:
-    config.mtt.
-
-  Raises:
-    ConfigError: the config lacks them.
+    config.mtt; a ConfigError if the config lacks it.
   """
-  if "mtt" not in config:
-    raise ConfigError("Config for method 'mtt' lacks its hyperparameters (config.mtt); build it "
-                      "with configs/distill/mtt.py.")
-  return config.mtt
+  return base.method_hparams(config, "mtt")
 
 
-def make_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The distillation network: config.model with config.model_kwargs.
-
-  Args:
-    config: the distillation config.
-    num_classes: the size of the head.
-
-  Returns:
-    The flax module.
-  """
-  return models.get_model(config.model, num_classes, **config.model_kwargs)
+# The distillation network, config.model with config.model_kwargs.
+make_model = base.make_model
 
 
 def buffer_dir(config: ml_collections.ConfigDict) -> str:

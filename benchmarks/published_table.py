@@ -908,7 +908,6 @@ def _train_whole(config, row_dir, run, fits_epoch, max_epochs, on_timing):
 
 def main(argv):
   del argv
-  from launch import common  # pylint: disable=g-import-not-at-top
   common.setup()
   ipcs = [int(n) for n in _FLAGS.ipcs.value]
   rows = plan_rows(_FLAGS.methods.value, ipcs)
@@ -948,4 +947,5 @@ def main(argv):
 
 if __name__ == "__main__":
   _FLAGS = define_flags()
+  from launch import common  # pylint: disable=g-import-not-at-top  (its flags, e.g. the cache's)
   app.run(main)

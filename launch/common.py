@@ -17,6 +17,12 @@ MULTIHOST = flags.DEFINE_bool(
     "before anything else; the coordinator, process count and id come from the environment "
     "(TPU metadata, SLURM, Open MPI, or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
     "JAX_PROCESS_ID). Only process 0 writes config, metrics and reports.")
+COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", os.path.join("~", ".cache", "ddjax", "jax"),
+    "JAX's persistent compilation cache, so that a resumed or chunked run (a workdir "
+    "continued, the published table's short chunks) loads what an earlier process compiled "
+    "instead of compiling it again; entries go to a subdirectory per jax version and "
+    "backend. '' turns it off. A cache directory set by JAX_COMPILATION_CACHE_DIR is kept.")
 
 
 def define_workdir_flags():
@@ -39,14 +45,43 @@ def define_workdir_flags():
 
 def setup() -> None:
   """Joins the multi-process run if --multihost, quietens TensorFlow's C++ logs (TFDS
-  only) and logs the JAX devices. Call it first in main(), before any JAX computation."""
+  only), turns on the compilation cache (--compilation_cache_dir) and logs the JAX
+  devices. Call it first in main(), before any JAX computation."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if MULTIHOST.value:
     from ddjax import parallel  # pylint: disable=g-import-not-at-top
     parallel.initialize_multihost()
   import jax  # pylint: disable=g-import-not-at-top
-  logging.info("JAX %s, process %d of %d, devices: %s", jax.__version__, jax.process_index(),
-               jax.process_count(), jax.devices())
+  cache = enable_compilation_cache(COMPILATION_CACHE_DIR.value)
+  logging.info("JAX %s, process %d of %d, devices: %s; compilation cache: %s", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.devices(), cache or "off")
+
+
+def enable_compilation_cache(root: str) -> str | None:
+  """Points JAX's persistent compilation cache at `root`/jax<version>-<backend>.
+
+  The subdirectory keeps apart what two stacks (the default and the legacy venv) or two
+  backends compiled. JAX only stores programs that took at least
+  `jax_persistent_cache_min_compile_time_secs` (1 s by default) to compile, and an
+  entry another CPU compiled with features this one lacks is rejected by XLA's loader
+  and compiled again.
+
+  Args:
+    root: the cache's root directory ('~' expanded); '' turns the cache off.
+
+  Returns:
+    The directory in use: JAX_COMPILATION_CACHE_DIR (or jax.config's
+    jax_compilation_cache_dir) where already set, else the subdirectory of `root`; None
+    when off.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir
+  if not root:
+    return None
+  path = os.path.join(os.path.expanduser(root), f"jax{jax.__version__}-{jax.default_backend()}")
+  jax.config.update("jax_compilation_cache_dir", path)
+  return path
 
 
 def run_reporting_errors(fn, *args, **kwargs):

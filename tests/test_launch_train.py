@@ -32,6 +32,8 @@ def test_train_resume_and_errors(tmp_path):
   assert results["epochs"] == 2 and 0.0 <= results["test_accuracy"] <= 1.0
   assert json.load(open(os.path.join(workdir, "config.json")))["dataset"] == "mnist5k"
   assert [m["epoch"] for m in _metrics(workdir)] == [1, 2]
+  # The binary compiles through the cache the tests share (conftest.py sets it).
+  assert f"compilation cache: {os.environ['JAX_COMPILATION_CACHE_DIR']}" in first.stderr
 
   # Same workdir, more epochs: resumes at epoch 2 instead of starting over.
   second = _run(f"--workdir={workdir}", "--config.num_epochs=3")
@@ -57,6 +59,35 @@ def test_train_resume_and_errors(tmp_path):
   assert bad.returncode != 0
   assert "error: DatasetError: Unknown dataset 'not_a_dataset'" in bad.stderr
   assert "Traceback" not in bad.stderr
+
+
+CACHE_PROBE = """
+import sys, jax, jax.numpy as jnp
+from launch import common
+path = common.enable_compilation_cache(sys.argv[1])
+jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()
+print(path)
+"""
+
+
+def _cache_probe(root, **env):
+  base = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  out = subprocess.run([sys.executable, "-c", CACHE_PROBE, root], cwd=ROOT, timeout=300,
+                       env={**base, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **env},
+                       capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout.split()[-1]
+
+
+def test_compilation_cache_goes_under_its_root_unless_off_or_set_by_the_environment(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "root"
+  used = _cache_probe(str(root))
+  assert used == str(root / f"jax{jax.__version__}-cpu") and os.listdir(used)  # an entry
+  assert _cache_probe("") == "None"
+  assert _cache_probe(str(tmp_path / "unused"), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "env")) \
+      == str(tmp_path / "env")
+  assert os.listdir(tmp_path / "env") and not (tmp_path / "unused").exists()
 
 
 def test_run_reporting_errors_names_ddjax_errors_and_keeps_library_traces():

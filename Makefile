@@ -71,7 +71,7 @@ demo-docs:
 test: test-default test-legacy
 
 test-default: setup
-	$(PY) -m pytest tests -q -n 2 -m "not legacy_nt" --durations=15
+	$(PY) -m pytest tests -q -n 2 -m "not legacy_nt" --durations=30
 
 test-legacy: setup-legacy
 	$(LEGACY_PY) -m pytest tests/test_ntk.py tests/test_kip.py -q -n 2

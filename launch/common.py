@@ -22,7 +22,8 @@ COMPILATION_CACHE_DIR = flags.DEFINE_string(
     "JAX's persistent compilation cache, so that a resumed or chunked run (a workdir "
     "continued, the published table's short chunks) loads what an earlier process compiled "
     "instead of compiling it again; entries go to a subdirectory per jax version and "
-    "backend. '' turns it off. A cache directory set by JAX_COMPILATION_CACHE_DIR is kept.")
+    "backend. '' turns it off. JAX_COMPILATION_CACHE_DIR, when in the environment, decides "
+    "instead (empty: off).")
 
 
 def define_workdir_flags():
@@ -70,13 +71,13 @@ def enable_compilation_cache(root: str) -> str | None:
     root: the cache's root directory ('~' expanded); '' turns the cache off.
 
   Returns:
-    The directory in use: JAX_COMPILATION_CACHE_DIR (or jax.config's
-    jax_compilation_cache_dir) where already set, else the subdirectory of `root`; None
-    when off.
+    The directory in use, None when off. The JAX_COMPILATION_CACHE_DIR environment
+    variable, when present, decides instead of `root` (empty: off), as does a directory
+    already set through jax.config.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  if jax.config.jax_compilation_cache_dir:
-    return jax.config.jax_compilation_cache_dir
+  if jax.config.jax_compilation_cache_dir or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return jax.config.jax_compilation_cache_dir or None
   if not root:
     return None
   path = os.path.join(os.path.expanduser(root), f"jax{jax.__version__}-{jax.default_backend()}")

@@ -88,6 +88,8 @@ def test_compilation_cache_goes_under_its_root_unless_off_or_set_by_the_environm
   assert _cache_probe(str(tmp_path / "unused"), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "env")) \
       == str(tmp_path / "env")
   assert os.listdir(tmp_path / "env") and not (tmp_path / "unused").exists()
+  assert _cache_probe(str(tmp_path / "unused"), JAX_COMPILATION_CACHE_DIR="") == "None"
+  assert not (tmp_path / "unused").exists()
 
 
 def test_run_reporting_errors_names_ddjax_errors_and_keeps_library_traces():

@@ -107,13 +107,12 @@ def _caches() -> list[str]:
   """The CPU's caches as 'L<level> <type> <size>', from sysfs (empty where it has none)."""
   out = []
   if os.path.isdir(CACHE_ROOT):
-    for index in sorted(os.listdir(CACHE_ROOT)):
+    for index in sorted(i for i in os.listdir(CACHE_ROOT) if i.startswith("index")):
       fields = []
       for name in ("level", "type", "size"):
         path = os.path.join(CACHE_ROOT, index, name)
         fields.append(open(path).read().strip() if os.path.exists(path) else "?")
-      if index.startswith("index"):
-        out.append(f"L{fields[0]} {fields[1]} {fields[2]}")
+      out.append(f"L{fields[0]} {fields[1]} {fields[2]}")
   return out
 
 
